@@ -1,0 +1,294 @@
+"""Lanczos with full reorthogonalization, checked against numpy.linalg.eigvalsh on explicit matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hessflow.lanczos import _lanczos, lanczos, start_vector
+
+
+def symmetric_with_spectrum(eigenvalues, seed=0):
+    """Dense Q diag(eigenvalues) Q^T with a random orthogonal Q, exactly symmetrized."""
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+    n = eigenvalues.size
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    a = (q * eigenvalues) @ q.T
+    return (a + a.T) / 2
+
+
+def random_symmetric(n, seed=0):
+    g = np.random.default_rng(seed).standard_normal((n, n))
+    return (g + g.T) / np.sqrt(2 * n)
+
+
+def orthogonality_loss(vectors):
+    """||V^T V - I||_2."""
+    m = vectors.shape[1]
+    return np.linalg.norm(vectors.T @ vectors - np.eye(m), 2)
+
+
+def clustered_matrix(seed=0):
+    """n = 300: four eigenvalues repeated 40 times each, five clusters of 28 with spread 1e-8.
+
+    Seen from a start vector, the Krylov space is invariant up to ~1e-8 after
+    nine steps: b_9 ~ 1e-8 ||A||, which is what breaks one Gram-Schmidt pass.
+    """
+    rng = np.random.default_rng(seed)
+    repeated = np.repeat([-1.0, 0.5, 2.0, 3.0], 40)
+    clusters = np.concatenate([c + 1e-8 * rng.uniform(-0.5, 0.5, 28) for c in (-0.5, 0.1, 1.0, 1.5, 2.5)])
+    return symmetric_with_spectrum(np.concatenate([repeated, clusters]), seed=seed + 1)
+
+
+class CountingOperator:
+    """``v -> A v`` that counts its calls and can fail on a given call."""
+
+    def __init__(self, a, fail_on_call=None):
+        self.a = a
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def __call__(self, v):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt("simulated preemption")
+        return self.a @ v
+
+
+@pytest.mark.parametrize("n, seed", [(50, 0), (120, 1), (200, 2)])
+def test_full_run_recovers_every_eigenvalue(n, seed):
+    a = random_symmetric(n, seed)
+    result = lanczos(lambda v: a @ v, n, n, seed=seed)
+    exact = np.linalg.eigvalsh(a)
+    ritz_values = np.linalg.eigvalsh(result.tridiag)
+    assert np.max(np.abs(ritz_values - exact)) <= 1e-10 * np.linalg.norm(a, 2)
+
+
+def test_extreme_ritz_values_converge_before_m_equals_n():
+    # Top eigenvalues 10, 8, 6 well separated from a bulk in [-1, 1].
+    rng = np.random.default_rng(3)
+    spectrum = np.concatenate([[10.0, 8.0, 6.0], rng.uniform(-1, 1, 397)])
+    a = symmetric_with_spectrum(spectrum, seed=4)
+    result = lanczos(lambda v: a @ v, 400, 40, seed=5)
+    ritz_values = np.linalg.eigvalsh(result.tridiag)
+    exact = np.linalg.eigvalsh(a)
+    assert ritz_values[-1] == pytest.approx(exact[-1], abs=1e-8)
+    assert ritz_values[-2] == pytest.approx(exact[-2], abs=1e-8)
+    assert ritz_values[0] == pytest.approx(exact[0], abs=1e-2)  # the bulk edge converges more slowly
+
+
+def test_tridiag_is_symmetric_tridiagonal_with_positive_off_diagonal():
+    a = random_symmetric(60, seed=6)
+    result = lanczos(lambda v: a @ v, 60, 25, seed=7)
+    t = result.tridiag
+    assert t.shape == (25, 25) and t.dtype == np.float64
+    np.testing.assert_array_equal(t, t.T)
+    np.testing.assert_array_equal(np.triu(t, 2), 0.0)
+    np.testing.assert_array_equal(np.diag(t), result.alpha)
+    np.testing.assert_array_equal(np.diag(t, 1), result.beta)
+    assert np.all(result.beta > 0)
+
+
+def test_tridiag_is_projection_of_operator_onto_lanczos_vectors():
+    a = random_symmetric(80, seed=8)
+    result = lanczos(lambda v: a @ v, 80, 30, seed=9)
+    v = result.vectors
+    assert v.shape == (80, 30) and v.dtype == np.float64
+    np.testing.assert_allclose(v.T @ a @ v, result.tridiag, atol=1e-12)
+    np.testing.assert_allclose(v[:, 0], start_vector(80, 9), rtol=0, atol=0)
+
+
+def test_lanczos_vectors_are_orthonormal():
+    a = random_symmetric(150, seed=10)
+    result = lanczos(lambda v: a @ v, 150, 100, seed=11)
+    assert orthogonality_loss(result.vectors) < 1e-10
+
+
+def test_two_gram_schmidt_passes_keep_orthogonality_on_clustered_spectrum():
+    a = clustered_matrix()
+    result = lanczos(lambda v: a @ v, 300, 40, seed=12)
+    assert not result.stopped_early
+    assert orthogonality_loss(result.vectors) < 1e-10
+
+
+def test_one_gram_schmidt_pass_loses_orthogonality_on_clustered_spectrum():
+    # The same run with a single classical Gram-Schmidt pass: rounding of order
+    # eps ||A|| divided by b_9 ~ 1e-8 destroys orthogonality. This is why the
+    # public lanczos() makes two passes.
+    a = clustered_matrix()
+    one_pass = _lanczos(
+        lambda v: a @ v, 300, 40, 12, True,
+        state_file=None, save_every=None, progress=None, breakdown_tol=1e-10, gram_schmidt_passes=1,
+    )
+    two_pass = lanczos(lambda v: a @ v, 300, 40, seed=12)
+    assert np.min(two_pass.beta) < 1e-7  # the near-invariance that triggers the failure
+    assert orthogonality_loss(one_pass.vectors) > 1e-3
+    assert orthogonality_loss(two_pass.vectors) < 1e-10
+
+
+def test_exactly_one_matvec_per_step():
+    operator = CountingOperator(random_symmetric(70, seed=13))
+    result = lanczos(operator, 70, 33, seed=14)
+    assert operator.calls == 33
+    assert result.num_matvecs == 33
+
+
+def test_repeated_eigenvalues_stop_early_with_their_values():
+    # Three distinct eigenvalues: the Krylov space from any start vector has
+    # dimension 3, so b_3 = 0 and T is 3 x 3 with exactly those eigenvalues.
+    a = symmetric_with_spectrum(np.repeat([-1.0, 0.5, 2.0], 20), seed=15)
+    operator = CountingOperator(a)
+    result = lanczos(operator, 60, 10, seed=16)
+    assert result.stopped_early
+    assert result.tridiag.shape == (3, 3)
+    assert operator.calls == 3 and result.num_matvecs == 3
+    np.testing.assert_allclose(np.linalg.eigvalsh(result.tridiag), [-1.0, 0.5, 2.0], atol=1e-12)
+    assert result.vectors.shape == (60, 3)
+
+
+def test_zero_operator_stops_after_one_step():
+    result = lanczos(lambda v: np.zeros_like(v), 10, 5, seed=0)
+    assert result.stopped_early
+    np.testing.assert_array_equal(result.tridiag, [[0.0]])
+
+
+def test_full_length_run_is_not_early_stop():
+    a = random_symmetric(20, seed=17)
+    result = lanczos(lambda v: a @ v, 20, 20, seed=18)
+    assert not result.stopped_early
+    assert result.tridiag.shape == (20, 20)
+    assert result.residual_norm < 1e-10  # the Krylov space is all of R^20
+
+
+def test_residual_norm_bounds_ritz_value_errors():
+    # |theta_i - lambda| <= b_m |s_i[-1]| for some eigenvalue lambda of A.
+    a = random_symmetric(100, seed=19)
+    result = lanczos(lambda v: a @ v, 100, 30, seed=20)
+    theta, s = np.linalg.eigh(result.tridiag)
+    exact = np.linalg.eigvalsh(a)
+    distance_to_spectrum = np.min(np.abs(theta[:, None] - exact[None, :]), axis=1)
+    assert np.all(distance_to_spectrum <= result.residual_norm * np.abs(s[-1, :]) + 1e-12)
+
+
+def test_keep_vectors_false_drops_only_the_vectors():
+    a = random_symmetric(40, seed=21)
+    with_vectors = lanczos(lambda v: a @ v, 40, 15, seed=22)
+    without = lanczos(lambda v: a @ v, 40, 15, seed=22, keep_vectors=False)
+    assert without.vectors is None
+    np.testing.assert_array_equal(without.tridiag, with_vectors.tridiag)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    a = random_symmetric(90, seed=23)
+    state_file = tmp_path / "lanczos_0.state.npz"
+    uninterrupted = lanczos(lambda v: a @ v, 90, 30, seed=(1, 2, 3))
+
+    # Killed during step 17; the last checkpoint was after step 15.
+    killed = CountingOperator(a, fail_on_call=17)
+    with pytest.raises(KeyboardInterrupt):
+        lanczos(killed, 90, 30, seed=(1, 2, 3), state_file=state_file, save_every=5)
+    assert state_file.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+    rerun = CountingOperator(a)
+    resumed = lanczos(rerun, 90, 30, seed=(1, 2, 3), state_file=state_file, save_every=5)
+    assert resumed.resumed_from == 15
+    assert rerun.calls == 15 and resumed.num_matvecs == 15
+    assert np.array_equal(resumed.tridiag, uninterrupted.tridiag)
+    assert np.array_equal(resumed.vectors, uninterrupted.vectors)
+    assert resumed.residual_norm == uninterrupted.residual_norm
+    assert state_file.exists()  # removing it is the caller's job
+
+
+def test_state_file_keeps_its_given_name(tmp_path):
+    a = random_symmetric(30, seed=24)
+    state_file = tmp_path / "draw_3.state.npz"
+    lanczos(lambda v: a @ v, 30, 10, seed=0, state_file=state_file, save_every=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["draw_3.state.npz"]
+    with np.load(state_file) as state:
+        assert int(state["steps_done"]) == 8
+
+
+@pytest.mark.parametrize(
+    "field, changed",
+    [
+        ("dim", {"dim": 31}),
+        ("num_steps", {"num_steps": 12}),
+        ("seed", {"seed": (1, 2, 4)}),
+        ("breakdown_tol", {"breakdown_tol": 1e-8}),
+    ],
+)
+def test_state_file_from_another_run_is_refused_naming_the_field(tmp_path, field, changed):
+    state_file = tmp_path / "run.state.npz"
+    a = random_symmetric(31, seed=25)
+    lanczos(lambda v: a[:30, :30] @ v, 30, 10, seed=(1, 2, 3), state_file=state_file, save_every=2)
+    args = {"dim": 30, "num_steps": 10, "seed": (1, 2, 3), "breakdown_tol": 1e-10} | changed
+    n = args.pop("dim")
+    with pytest.raises(ValueError, match=rf"run\.state\.npz.*{field}.*delete the file"):
+        lanczos(lambda v: a[:n, :n] @ v, n, state_file=state_file, save_every=2, **args)
+
+
+def test_resume_from_a_finished_state_makes_no_matvecs(tmp_path):
+    a = random_symmetric(40, seed=29)
+    state_file = tmp_path / "done.state.npz"
+    first = lanczos(lambda v: a @ v, 40, 12, seed=1, state_file=state_file, save_every=4)
+    operator = CountingOperator(a)
+    again = lanczos(operator, 40, 12, seed=1, state_file=state_file, save_every=4)
+    assert operator.calls == 0 and again.resumed_from == 12
+    assert np.array_equal(again.tridiag, first.tridiag)
+    assert np.array_equal(again.vectors, first.vectors)
+
+
+def test_non_finite_operator_output_names_the_step():
+    a = random_symmetric(10, seed=28)
+    calls = []
+
+    def nan_on_fourth_call(v):
+        calls.append(1)
+        out = a @ v
+        if len(calls) == 4:
+            out[0] = np.nan
+        return out
+
+    with pytest.raises(FloatingPointError, match="non-finite values at Lanczos step 4"):
+        lanczos(nan_on_fourth_call, 10, 6, seed=0)
+
+
+def test_wrong_operator_output_shape_and_dtype_are_refused():
+    with pytest.raises(ValueError, match=r"shape \(9,\) at Lanczos step 1"):
+        lanczos(lambda v: v[:-1], 10, 3)
+    with pytest.raises(TypeError, match="float32 at Lanczos step 1"):
+        lanczos(lambda v: v.astype(np.float32), 10, 3)
+
+
+def test_progress_is_called_after_each_step():
+    calls = []
+    a = random_symmetric(20, seed=26)
+    lanczos(lambda v: a @ v, 20, 6, progress=lambda step, total: calls.append((step, total)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+
+
+def test_start_vector_is_reproducible_per_seed_tuple():
+    v = start_vector(1000, (7, 100, 0))
+    np.testing.assert_array_equal(v, start_vector(1000, (7, 100, 0)))
+    assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-15)
+    other_draw = start_vector(1000, (7, 100, 1))
+    # Independent unit vectors in R^1000 have |cosine| ~ 1/sqrt(1000).
+    assert abs(v @ other_draw) < 0.2
+
+
+def test_same_seed_gives_identical_runs():
+    a = random_symmetric(50, seed=27)
+    first = lanczos(lambda v: a @ v, 50, 20, seed=(3, 4))
+    second = lanczos(lambda v: a @ v, 50, 20, seed=(3, 4))
+    assert np.array_equal(first.tridiag, second.tridiag)
+
+
+def test_invalid_arguments_are_refused(tmp_path):
+    identity = lambda v: v  # noqa: E731
+    with pytest.raises(ValueError, match="num_steps"):
+        lanczos(identity, 5, 6)
+    with pytest.raises(ValueError, match="state_file and save_every"):
+        lanczos(identity, 5, 3, save_every=2)
+    with pytest.raises(ValueError, match="non-negative"):
+        lanczos(identity, 5, 3, seed=-1)
