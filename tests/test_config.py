@@ -1,0 +1,403 @@
+"""The configuration: schema, shipped config files, their documentation, and the conda envs.
+
+The schema (workflow/schemas/config.schema.yaml) is what the Snakefile validates every config
+against with ``snakemake.utils.validate``, which also fills the defaults; config/README.md
+documents every key; envs/*.yaml must install what pyproject.toml declares.
+"""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEMO = ROOT / "config" / "config.yaml"
+CIFAR = ROOT / "config" / "cifar10_resnet32.yaml"
+CONFIG_README = ROOT / "config" / "README.md"
+HESSFLOW_ENV = ROOT / "envs" / "hessflow.yaml"
+ANALYSIS_ENV = ROOT / "envs" / "analysis.yaml"
+PYPROJECT = ROOT / "pyproject.toml"
+
+NO_DEFAULT = "—"  # how config/README.md writes "no default" (em dash)
+# conda-forge names that differ from the PyPI names in pyproject.toml
+CONDA_TO_PYPI = {"matplotlib-base": "matplotlib"}
+# interpreter and installer, not dependencies
+NOT_DEPENDENCIES = {"python", "pip"}
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def load_yaml(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def validated(config: dict) -> dict:
+    """Validate a copy of ``config`` as the Snakefile does (defaults filled) and return it."""
+    config = copy.deepcopy(config)
+    validate(config, str(SCHEMA))
+    return config
+
+
+def validation_error(config: dict) -> str:
+    with pytest.raises(WorkflowError) as caught:
+        validate(copy.deepcopy(config), str(SCHEMA))
+    return str(caught.value)
+
+
+def schema_keys() -> dict[str, dict]:
+    """Every key of the schema as a dotted path -> its subschema ($ref resolved), in order."""
+    schema = load_yaml(SCHEMA)
+
+    def resolve(sub: dict) -> dict:
+        if "$ref" in sub:
+            target = schema
+            for part in sub["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            sub = {**target, **{k: v for k, v in sub.items() if k != "$ref"}}
+        return sub
+
+    keys = {}
+
+    def walk(sub: dict, prefix: str) -> None:
+        for name, child in resolve(sub).get("properties", {}).items():
+            child = resolve(child)
+            keys[prefix + name] = child
+            walk(child, prefix + name + ".")
+
+    walk(schema, "")
+    return keys
+
+
+def readme_rows() -> dict[str, dict[str, str]]:
+    """The key tables of config/README.md: dotted key -> {"type": ..., "default": ...}."""
+    rows = {}
+    for line in CONFIG_README.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]  # not on "\|"
+        match = re.fullmatch(r"`([A-Za-z0-9_.]+)`", cells[0])
+        if not match or len(cells) != 4:
+            continue
+        key = match.group(1)
+        assert key not in rows, f"{key} documented twice in config/README.md"
+        rows[key] = {"type": cells[1], "default": cells[2]}
+    return rows
+
+
+def readme_sections() -> set[str]:
+    """The sections of config/README.md: headings that name a key, as `data.cifar10`."""
+    heading = re.compile(r"^#+\s*`([A-Za-z0-9_.]+)`\s*$")
+    return {match.group(1) for line in CONFIG_README.read_text(encoding="utf-8").splitlines()
+            if (match := heading.match(line))}
+
+
+def lookup(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def minimal_config() -> dict:
+    """Only what has no default."""
+    return {"run_name": "minimal"}
+
+
+def conda_env(path: Path) -> tuple[dict[str, SpecifierSet], dict[str, SpecifierSet]]:
+    """(conda packages, pip packages) of an environment file: normalized name -> version range."""
+    env = load_yaml(path)
+    conda, pip = {}, {}
+    for entry in env["dependencies"]:
+        if isinstance(entry, dict):
+            for requirement in entry["pip"]:
+                parsed = Requirement(requirement)
+                pip[canonicalize_name(parsed.name)] = parsed.specifier
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(\S*)", entry.strip())
+        assert match, f"{path.name}: cannot parse conda dependency {entry!r}"
+        name, spec = match.groups()
+        conda[canonicalize_name(CONDA_TO_PYPI.get(name, name))] = SpecifierSet(spec)
+    return conda, pip
+
+
+def requirements(specs: list[str]) -> dict[str, SpecifierSet]:
+    parsed = (Requirement(spec) for spec in specs)
+    return {canonicalize_name(req.name): req.specifier for req in parsed}
+
+
+def pyproject() -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: only the tests that read pyproject.toml need tomli
+        tomllib = pytest.importorskip("tomli")
+    with open(PYPROJECT, "rb") as handle:
+        return tomllib.load(handle)
+
+
+# ------------------------------------------------------------------------------------------------
+# schema behaviour
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [DEMO, CIFAR], ids=lambda p: p.name)
+def test_shipped_config_validates_against_schema(path):
+    validated(load_yaml(path))
+
+
+@pytest.mark.parametrize("path", [DEMO, CIFAR], ids=lambda p: p.name)
+def test_shipped_config_writes_out_every_key(path):
+    # Snakemake merges --configfile over config/config.yaml key by key, so a shipped file that
+    # relied on a default would inherit the demo's value instead; both spell every key out.
+    # Options are the exception: an absent option means the builder's own default.
+    config = load_yaml(path)
+    missing = [key for key, sub in schema_keys().items()
+               if not key.startswith("model.options.") and _absent(config, key)]
+    assert missing == []
+
+
+def _absent(config: dict, dotted: str) -> bool:
+    try:
+        lookup(config, dotted)
+    except KeyError:
+        return True
+    return False
+
+
+def test_misspelt_key_is_refused_by_name():
+    config = {**minimal_config(), "lanczos": {"stepz": 90}}
+    message = validation_error(config)
+    assert "'stepz' was unexpected" in message
+
+
+def test_misspelt_top_level_section_is_refused_by_name():
+    config = {**minimal_config(), "lanczoz": {"steps": 90}}
+    assert "'lanczoz' was unexpected" in validation_error(config)
+
+
+def test_wrong_type_names_the_key():
+    config = {**minimal_config(), "lanczos": {"steps": "ninety"}}
+    message = validation_error(config)
+    assert "'ninety' is not of type 'integer'" in message
+    assert "['lanczos']['steps']" in message
+
+
+def test_enum_violation_names_the_key():
+    config = {**minimal_config(), "hessian": {"batch_norm": "eval"}}
+    message = validation_error(config)
+    assert "'eval' is not one of ['train', 'inference']" in message
+    assert "['hessian']['batch_norm']" in message
+
+
+def test_out_of_range_value_names_the_key():
+    config = {**minimal_config(), "training": {"momentum": 1.0}}
+    message = validation_error(config)
+    assert "['training']['momentum']" in message
+
+
+def test_run_name_is_required():
+    assert "'run_name' is a required property" in validation_error({})
+
+
+def test_run_name_must_be_a_safe_directory_name():
+    message = validation_error({"run_name": "../elsewhere"})
+    assert "['run_name']" in message
+
+
+def test_option_the_builder_does_not_take_is_refused_by_name():
+    config = {**minimal_config(), "model": {"architecture": "mlp", "options": {"filters": [4]}}}
+    assert "'filters' is not one of" in validation_error(config)
+
+
+def test_resnet32_refuses_every_option():
+    config = {**minimal_config(),
+              "model": {"architecture": "resnet32", "options": {"batch_norm": True}}}
+    message = validation_error(config)
+    assert "does not allow 'batch_norm'" in message
+    assert "['model']['options']" in message
+
+
+def test_options_of_each_builder_are_accepted():
+    for architecture, options in [
+        ("small_cnn", {"filters": [4, 8], "strides": [1, 2], "batch_norm": True,
+                       "activation": "leaky_relu"}),
+        ("mlp", {"hidden": [16, 16], "batch_norm": False, "activation": "tanh"}),
+        ("resnet32", {}),
+    ]:
+        validated({**minimal_config(),
+                   "model": {"architecture": architecture, "options": options}})
+
+
+def test_max_examples_accepts_null_and_positive_integers_only():
+    for value in (None, 1, 50000):
+        validated({**minimal_config(), "hessian": {"max_examples": value}})
+    assert "['hessian']['max_examples']" in validation_error(
+        {**minimal_config(), "hessian": {"max_examples": 0}})
+
+
+def test_every_schema_key_has_type_and_description():
+    for key, sub in schema_keys().items():
+        assert "type" in sub, key
+        assert sub.get("description", "").strip(), key
+
+
+def test_every_schema_object_refuses_unknown_keys():
+    schema = load_yaml(SCHEMA)
+    objects = [("(root)", schema)] + [
+        (key, sub) for key, sub in schema_keys().items() if sub.get("type") == "object"]
+    for key, sub in objects:
+        assert sub.get("additionalProperties") is False, key
+
+
+def test_minimal_config_gets_every_documented_default():
+    filled = validated(minimal_config())
+    documented = {key: row["default"] for key, row in readme_rows().items()
+                  if not row["default"].startswith(NO_DEFAULT)}
+    assert documented, "no defaults parsed from config/README.md"
+    for key, cell in documented.items():
+        assert cell.startswith("`") and cell.endswith("`"), f"{key}: default {cell!r}"
+        assert lookup(filled, key) == yaml.safe_load(cell.strip("`")), key
+
+
+def test_documented_defaults_are_the_schema_defaults():
+    rows = readme_rows()
+    for key, sub in schema_keys().items():
+        if key not in rows:  # a section (checked below)
+            continue
+        cell = rows[key]["default"]
+        if "default" in sub:
+            assert yaml.safe_load(cell.strip("`")) == sub["default"], key
+        else:
+            assert cell.startswith(NO_DEFAULT), f"{key} has no default but README gives {cell}"
+
+
+def test_every_schema_key_is_documented_in_config_readme():
+    # a value as a table row (key, type, default, meaning); a section as a heading or a row
+    rows, sections = readme_rows(), readme_sections()
+    undocumented = [key for key, sub in schema_keys().items()
+                    if key not in rows
+                    and not (sub["type"] == "object" and key in sections)]
+    assert undocumented == []
+
+
+def test_config_readme_documents_no_unknown_key():
+    keys = schema_keys()
+    unknown = [key for key in [*readme_rows(), *readme_sections()] if key not in keys]
+    assert unknown == []
+
+
+def test_config_readme_type_column_names_the_schema_type():
+    keys = schema_keys()
+    for key, row in readme_rows().items():
+        sub = keys[key]
+        types = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
+        for name in types:
+            assert name in row["type"], f"{key}: {name} not in {row['type']!r}"
+
+
+# ------------------------------------------------------------------------------------------------
+# conda environments
+# ------------------------------------------------------------------------------------------------
+def test_hessflow_env_has_exactly_the_runtime_dependencies_and_ranges():
+    conda, pip = conda_env(HESSFLOW_ENV)
+    assert not set(conda) & set(pip), "a package listed twice"
+    listed = {name: spec for name, spec in {**conda, **pip}.items()
+              if name not in NOT_DEPENDENCIES}
+    assert listed == requirements(pyproject()["project"]["dependencies"])
+
+
+def test_analysis_env_is_exactly_the_analysis_extra():
+    conda, pip = conda_env(ANALYSIS_ENV)
+    assert pip == {}, "the analysis env installs nothing from PyPI"
+    listed = {name: spec for name, spec in conda.items() if name not in NOT_DEPENDENCIES}
+    assert listed == requirements(pyproject()["project"]["optional-dependencies"]["analysis"])
+
+
+@pytest.mark.parametrize("path", [HESSFLOW_ENV, ANALYSIS_ENV], ids=lambda p: p.name)
+def test_env_python_satisfies_requires_python(path):
+    conda, _ = conda_env(path)
+    requires = SpecifierSet(pyproject()["project"]["requires-python"])
+    lowest = re.search(r">=\s*([0-9.]+)", str(requires)).group(1)
+    assert lowest in conda["python"], f"{path.name}: python {conda['python']} excludes {lowest}"
+
+
+@pytest.mark.parametrize("path", [HESSFLOW_ENV, ANALYSIS_ENV], ids=lambda p: p.name)
+def test_env_uses_conda_forge_only(path):
+    assert load_yaml(path)["channels"] == ["conda-forge", "nodefaults"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the shipped configs
+# ------------------------------------------------------------------------------------------------
+def test_demo_config_meets_the_floor():
+    config = validated(load_yaml(DEMO))
+    assert config["run_name"] == "demo"
+    assert config["data"]["dataset"] == "digits"
+    assert config["model"]["architecture"] == "small_cnn"
+    assert config["model"]["options"]["batch_norm"] is True
+    steps = config["training"]["checkpoint_steps"]
+    assert len(steps) >= 4
+    assert steps == sorted(steps)
+    assert steps[0] == 0 and steps[-1] == config["training"]["steps"]
+    assert config["lanczos"]["steps"] == 90
+    assert config["lanczos"]["draws"] >= 2
+    assert config["hessian"]["batch_norm"] == "train"
+    assert config["hessian"]["max_examples"] is None
+    assert all(config["resources"][rule]["gpu"] == 0 for rule in ("train", "lanczos"))
+
+
+def test_demo_config_stays_small_enough_for_two_cpu_cores():
+    config = validated(load_yaml(DEMO))
+    assert config["training"]["steps"] <= 1000
+    assert len(config["training"]["checkpoint_steps"]) * config["lanczos"]["draws"] <= 20
+
+
+def test_cifar_config_has_the_papers_values():
+    config = validated(load_yaml(CIFAR))
+    assert config["run_name"] == "cifar10_resnet32"
+    data = config["data"]
+    assert data["dataset"] == "cifar10"
+    assert data["cifar10"]["url"] == "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+    assert data["cifar10"]["sha256"] == (
+        "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd")
+    assert config["model"] == {"architecture": "resnet32", "options": {}}
+    training = config["training"]
+    assert training["batch_size"] == 128
+    assert training["learning_rate"] == 0.1
+    assert training["momentum"] == 0.9
+    assert training["lr_boundaries"] == [33000, 66000]
+    assert training["lr_decay_factor"] == 0.1
+    assert training["weight_decay"] == 2e-4
+    assert training["augment"] is True
+    assert training["steps"] == 100000
+    assert config["hessian"]["batch_norm"] == "train"
+    assert config["hessian"]["max_examples"] is None
+    assert config["lanczos"]["steps"] == 90
+    assert config["lanczos"]["draws"] == 10
+    assert config["resources"]["train"]["gpu"] == 1
+    assert config["resources"]["lanczos"]["gpu"] == 1
+
+
+def test_cifar_checkpoints_span_the_run_and_bracket_each_rate_cut():
+    training = validated(load_yaml(CIFAR))["training"]
+    steps = training["checkpoint_steps"]
+    assert steps == sorted(steps)
+    assert steps[0] == 0 and steps[-1] == training["steps"]
+    for boundary in training["lr_boundaries"]:
+        assert boundary in steps and any(step > boundary for step in steps)
+
+
+@pytest.mark.parametrize("path", [DEMO, CIFAR], ids=lambda p: p.name)
+def test_shipped_checkpoints_and_boundaries_lie_within_training(path):
+    # The schema cannot compare two keys; the training script checks this at run time.
+    training = load_yaml(path)["training"]
+    assert max(training["checkpoint_steps"]) <= training["steps"]
+    assert all(boundary <= training["steps"] for boundary in training["lr_boundaries"])
+    assert training["lr_boundaries"] == sorted(training["lr_boundaries"])
