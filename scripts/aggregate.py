@@ -13,17 +13,11 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 import numpy as np  # noqa: E402
 
 from hessflow import artifacts  # noqa: E402
-from hessflow.density import ritz  # noqa: E402
+from hessflow.reproduce import aggregate  # noqa: E402  (the same function hessflow-reproduce rebuilds with)
 
-tridiags = [np.load(path) for path in snakemake.input.tridiags]
-m = max(t.shape[0] for t in tridiags)
-stacked = np.zeros((len(tridiags), m, m))
-values = np.full((len(tridiags), m), np.nan)
-weights = np.zeros((len(tridiags), m))
-for draw, tridiag in enumerate(tridiags):
-    size = tridiag.shape[0]
-    stacked[draw, :size, :size] = tridiag
-    values[draw, :size], weights[draw, :size] = ritz(tridiag)
+stacked, values, weights = aggregate([np.load(path) for path in snakemake.input.tridiags])
+for draw in range(len(stacked)):
+    size = int(np.sum(~np.isnan(values[draw])))
     print(f"draw {draw}: m = {size}, Ritz values in [{values[draw, 0]:.6g}, {values[draw, size - 1]:.6g}]")
 artifacts.save_npy(snakemake.output.tridiags, stacked)
 artifacts.save_npy(snakemake.output.ritz_values, values)

@@ -5,6 +5,10 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # hessflow from this checkout (also in conda envs)
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
+from hessflow.gpu_lock import claim_gpus  # noqa: E402
+
+claim_gpus(0)  # before TensorFlow starts: distinct GPUs for concurrent jobs; none for this one
+
 import numpy as np  # noqa: E402
 
 from hessflow import artifacts, models, training  # noqa: E402

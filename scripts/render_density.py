@@ -9,10 +9,10 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from hessflow.plots import density_figure, save_figure  # noqa: E402
+from hessflow.plots import save_figure  # noqa: E402
+from hessflow.reproduce import density_step_figure  # noqa: E402  (shared with hessflow-reproduce)
 
-grid, density = np.load(snakemake.input.density)
 with open(snakemake.input.stats) as handle:
     stats = json.load(handle)
-figure = density_figure(grid, density, title=f"Hessian eigenvalue density, step {snakemake.wildcards.step}", stats=stats)
+figure = density_step_figure(np.load(snakemake.input.density), stats, int(snakemake.wildcards.step))
 save_figure(figure, snakemake.output[0], dpi=snakemake.params.dpi)

@@ -6,10 +6,10 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # hessflow from this checko
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
-from hessflow.plots import save_figure, trajectory_figure  # noqa: E402
+from hessflow.plots import save_figure  # noqa: E402
+from hessflow.reproduce import trajectory_run_figure  # noqa: E402  (shared with hessflow-reproduce)
 
-densities = [(step, *np.load(path)) for step, path in zip(snakemake.params.steps, snakemake.input.densities)]
-figure = trajectory_figure(densities, pd.read_csv(snakemake.input.summary))
+densities = [np.load(path) for path in snakemake.input.densities]
+figure = trajectory_run_figure(snakemake.params.steps, densities, snakemake.input.summary)
 save_figure(figure, snakemake.output[0], dpi=snakemake.params.dpi)

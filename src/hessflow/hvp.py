@@ -108,6 +108,11 @@ class HessianOperator:
         batches in float64 either way.
       decay_mask: which of ``model.trainable_variables`` are decayed; default
         `hessflow.models.decayed_variable_mask` (conv and dense kernels).
+      strategy: a `tf.distribute` strategy (`hessflow.distribute.make_strategy`)
+        or None for one device. With W replicas, batch j goes to replica
+        j mod W, each replica sums its batches' products and the sums are
+        all-reduced in float64: the same operator as one device, batch norm in
+        ``train`` mode included (no batch is ever split).
 
     Vectors in and out are flat float64 numpy arrays of length ``dim``, the
     trainable variables concatenated in ``model.trainable_variables`` order,
@@ -123,6 +128,7 @@ class HessianOperator:
         batch_norm: str = "train",
         dtype: str = "float32",
         decay_mask: Sequence[bool] | None = None,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
@@ -167,7 +173,10 @@ class HessianOperator:
         self.num_traces = {"hvp": 0, "gradient": 0}
         #: Wall seconds of the last full-data pass (diagnostic).
         self.last_pass_seconds = float("nan")
+        self.strategy = strategy
+        self.num_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
         self._hvp_fn, self._gradient_fn = self._trace_functions()
+        self._placed: dict[tuple[int, int], tuple[tf.Tensor, tf.Tensor]] = {}
 
     # -- traced per-batch functions -------------------------------------------------
     def _trace_functions(self):
@@ -192,8 +201,7 @@ class HessianOperator:
         def flat(tensors):
             return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
-        @tf.function(input_signature=[x_spec, y_spec, v_spec])
-        def batch_hvp_sum(x, y, v):
+        def hvp_sum(x, y, v):
             counts["hvp"] += 1  # runs at trace time only
             params = [var.value for var in trainable]
             tangents = [tf.reshape(t, s) for t, s in zip(tf.split(v, sizes), shapes)]
@@ -204,8 +212,7 @@ class HessianOperator:
                 gradient = tape.gradient(loss_sum, params)
             return tf.cast(flat(acc.jvp(gradient)), tf.float64)
 
-        @tf.function(input_signature=[x_spec, y_spec])
-        def batch_loss_and_gradient_sum(x, y):
+        def loss_and_gradient_sum(x, y):
             counts["gradient"] += 1
             params = [var.value for var in trainable]
             with tf.GradientTape() as tape:
@@ -213,6 +220,35 @@ class HessianOperator:
                 loss_sum = batch_loss_sum(params, x, y)
             gradient = tape.gradient(loss_sum, params)
             return tf.cast(loss_sum, tf.float64), tf.cast(flat(gradient), tf.float64)
+
+        if self.strategy is None:
+            batch_hvp_sum = tf.function(hvp_sum, input_signature=[x_spec, y_spec, v_spec])
+            batch_loss_and_gradient_sum = tf.function(loss_and_gradient_sum, input_signature=[x_spec, y_spec])
+        else:
+            strategy = self.strategy
+            total = tf.distribute.ReduceOp.SUM
+
+            # One round: every replica takes one batch (weight 1) or, once its
+            # batches are used up, a stand-in batch weighted by 0; the weighted
+            # float64 sums are all-reduced. Shapes differ only in the batch
+            # dimension, which reduce_retracing generalizes after one retrace.
+            @tf.function(reduce_retracing=True)
+            def batch_hvp_sum(inputs, v):
+                def replica(inputs, v):
+                    x, y, weight = inputs
+                    return weight * hvp_sum(x, y, v)
+
+                return strategy.reduce(total, strategy.run(replica, args=(inputs, v)), axis=None)
+
+            @tf.function(reduce_retracing=True)
+            def batch_loss_and_gradient_sum(inputs):
+                def replica(inputs):
+                    x, y, weight = inputs
+                    loss_sum, gradient = loss_and_gradient_sum(x, y)
+                    return weight * loss_sum, weight * gradient
+
+                loss_sum, gradient = strategy.run(replica, args=(inputs,))
+                return strategy.reduce(total, loss_sum, axis=None), strategy.reduce(total, gradient, axis=None)
 
         return batch_hvp_sum, batch_loss_and_gradient_sum
 
@@ -222,6 +258,29 @@ class HessianOperator:
         if v.shape != (self.dim,):
             raise ValueError(f"vector has shape {v.shape}, the operator acts on ({self.dim},)")
         return v
+
+    def _rounds(self):
+        """Per round, what each replica sums: (x, y) batch tensors, or distributed inputs."""
+        if self.strategy is None:
+            yield from self._batches
+            return
+        replicas, devices = self.num_replicas, self.strategy.extended.worker_devices
+        for first in range(0, self.num_batches, replicas):
+
+            def replica_inputs(context, first=first):
+                replica = context.replica_id_in_sync_group
+                index = first + replica
+                weight = 1.0 if index < self.num_batches else 0.0
+                # A replica past the last batch computes on a stand-in and is
+                # weighted out (a 0-example batch would make batch norm NaN).
+                index = index if index < self.num_batches else replica % self.num_batches
+                key = (replica, index)
+                if key not in self._placed:  # keep each replica's batches on its device
+                    with tf.device(devices[replica % len(devices)]):
+                        self._placed[key] = tuple(tf.identity(t) for t in self._batches[index])
+                return (*self._placed[key], tf.constant(weight, tf.float64))
+
+            yield (self.strategy.experimental_distribute_values_from_function(replica_inputs),)
 
     def _parameters(self) -> np.ndarray:
         return np.concatenate([np.asarray(var.numpy(), np.float64).ravel() for var in self._variables])
@@ -235,8 +294,8 @@ class HessianOperator:
         start = time.perf_counter()
         v_compute = tf.constant(v, dtype=self._compute_dtype)
         total = np.zeros(self.dim, dtype=np.float64)
-        for x, y in self._batches:
-            total += self._hvp_fn(x, y, v_compute).numpy()
+        for batch in self._rounds():
+            total += self._hvp_fn(*batch, v_compute).numpy()
         result = total / self.num_examples
         if self.weight_decay:
             result += self.weight_decay * np.where(self._decay_coordinates, v, 0.0)
@@ -255,8 +314,8 @@ class HessianOperator:
         start = time.perf_counter()
         loss_sum = 0.0
         gradient = np.zeros(self.dim, dtype=np.float64)
-        for x, y in self._batches:
-            batch_loss, batch_gradient = self._gradient_fn(x, y)
+        for batch in self._rounds():
+            batch_loss, batch_gradient = self._gradient_fn(*batch)
             loss_sum += float(batch_loss)
             gradient += batch_gradient.numpy()
         loss = loss_sum / self.num_examples

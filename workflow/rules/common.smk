@@ -2,18 +2,36 @@
 # reaches it through `params`, so Snakemake's params trigger reruns exactly
 # what a config change affects.
 
+import os
+
 RUN = config["run_name"]
 RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
-STEPS = sorted(config["training"]["checkpoint_steps"])
+# Two lists of checkpoint steps: the ones training saves (changing it reruns
+# training) and the ones analysed (Lanczos, densities, summary, figures), a
+# subset; adding a saved step to the analysis runs no training job.
+TRAIN_STEPS = sorted(config["training"]["checkpoint_steps"])
+STEPS = sorted(config["spectrum"]["steps"] if config["spectrum"]["steps"] is not None else TRAIN_STEPS)
 DRAWS = list(range(config["lanczos"]["draws"]))
 SAVE_VECTORS = config["lanczos"]["save_vectors"]
 
-if STEPS[-1] > config["training"]["steps"]:
+if TRAIN_STEPS[-1] > config["training"]["steps"]:
     raise ValueError(
-        f"config training.checkpoint_steps: step {STEPS[-1]} is after the last training step "
+        f"config training.checkpoint_steps: step {TRAIN_STEPS[-1]} is after the last training step "
         f"{config['training']['steps']}; raise training.steps or drop the checkpoint"
+    )
+_unsaved = [step for step in STEPS if step not in TRAIN_STEPS]
+if _unsaved:
+    raise ValueError(
+        f"config spectrum.steps: step {', '.join(map(str, _unsaved))} is not in training.checkpoint_steps "
+        f"{TRAIN_STEPS}, so no checkpoint is saved there; add it to training.checkpoint_steps "
+        f"(which retrains) or drop it from spectrum.steps"
+    )
+if config["lanczos"]["strategy"] == "default" and config["lanczos"]["workers"] != 1:
+    raise ValueError(
+        f"config lanczos.workers is {config['lanczos']['workers']} but lanczos.strategy is default (one "
+        "device): set lanczos.strategy to mirrored (GPUs of one node) or multi_worker (several hosts)"
     )
 
 
@@ -56,18 +74,44 @@ def lanczos_files(step, draw):
     return files
 
 
+def run_config_file():
+    """The resolved config (defaults filled), beside the results it produced."""
+    return f"{RESULTS}/config.json"
+
+
 def artifacts():
-    """Every artifact the manifest covers: data, checkpoints, numbers, figures."""
+    """Every artifact the manifest covers: data, checkpoints, numbers, figures, resolved config.
+
+    Each saved checkpoint is evaluated (cheap), so analysing another one needs no TensorFlow
+    job but its Lanczos draws.
+    """
     files = [*data_files("train").values(), *data_files("test").values(), f"{RESULTS}/data/dataset.json"]
-    files += [checkpoint_file(step) for step in STEPS] + [f"{RESULTS}/train/history.csv"]
+    files += [checkpoint_file(step) for step in TRAIN_STEPS] + [f"{RESULTS}/train/history.csv"]
+    files += [f"{RESULTS}/evaluation/step_{step}.json" for step in TRAIN_STEPS]
     for step in STEPS:
-        files.append(f"{RESULTS}/evaluation/step_{step}.json")
         for draw in DRAWS:
             files += lanczos_files(step, draw).values()
         files += spectrum_files(step).values()
         files.append(f"{RESULTS}/figures/density_step_{step}.png")
-    files += [f"{RESULTS}/summary.csv", f"{RESULTS}/figures/trajectory.png"]
+    files += [f"{RESULTS}/summary.csv", f"{RESULTS}/figures/trajectory.png", run_config_file()]
     return files
+
+
+def exported_artifacts():
+    """The artifacts the export archive ships: all but the large inputs `export.*` leaves out."""
+    left_out = set()
+    if not config["export"]["data"]:
+        left_out |= {*data_files("train").values(), *data_files("test").values()}
+    if not config["export"]["checkpoints"]:
+        left_out |= {checkpoint_file(step) for step in TRAIN_STEPS}
+    if not config["export"]["lanczos_vectors"]:
+        left_out |= {lanczos_files(step, draw).get("vectors") for step in STEPS for draw in DRAWS}
+    return [path for path in artifacts() if path not in left_out]
+
+
+def export_left_out():
+    """What the export leaves out, relative to the run folder (recorded in the archive)."""
+    return sorted(os.path.relpath(path, RESULTS) for path in set(artifacts()) - set(exported_artifacts()))
 
 
 def final_outputs():

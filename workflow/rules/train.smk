@@ -2,17 +2,18 @@ rule train:
     input:
         **data_files("train"),
     output:
-        checkpoints=[checkpoint_file(step) for step in STEPS],
+        checkpoints=[checkpoint_file(step) for step in TRAIN_STEPS],
         history=f"{RESULTS}/train/history.csv",
     params:
         model=model_params(),
         training=config["training"],
-        checkpoint_steps=STEPS,
+        checkpoint_steps=TRAIN_STEPS,
         seed=config["seed"],
     resources:
         gpu=config["resources"]["train"]["gpu"],
-        runtime=config["resources"]["train"]["runtime"],
-        mem_mb=config["resources"]["train"]["mem_mb"],
+        # Retries (the SLURM profile's `retries: 2`) ask for 1x, 2x, 3x the configured values.
+        runtime=lambda wildcards, attempt: config["resources"]["train"]["runtime"] * attempt,
+        mem_mb=lambda wildcards, attempt: config["resources"]["train"]["mem_mb"] * attempt,
     log:
         f"{LOGS}/train.log",
     benchmark:

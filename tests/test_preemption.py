@@ -1,0 +1,117 @@
+"""A Lanczos job killed midway resumes from its saved state and gives the uninterrupted tridiagonal.
+
+The workflow's lanczos rule passes ``state_file`` (``.state_{draw}.npz`` beside its outputs,
+undeclared, so Snakemake never deletes it as an incomplete output) and ``save_every`` to
+``hessflow.lanczos.lanczos``. Here a small demo-like run trains once; then one copy computes the
+Lanczos job uninterrupted, and another is SIGKILLed (Snakemake and its job, the whole process
+group, as a preemption would) once the state holds at least ``save_every`` steps, then rerun after
+``--unlock``: it must log ``resumed from Lanczos step k`` with k the saved step, produce the same
+tridiagonal bit for bit, and remove the state file.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+RUN = "preemption"
+STEP, STEPS, SAVE_EVERY = 10, 30, 5
+BASE = f"results/{RUN}"
+CHECKPOINT = f"{BASE}/checkpoints/step_{STEP}.weights.h5"
+TRIDIAG = f"{BASE}/lanczos/step_{STEP}/tridiag_0.npy"
+STATE = f"{BASE}/lanczos/step_{STEP}/.state_0.npz"
+LOG = f"{BASE}/logs/lanczos/step_{STEP}_draw_0.log"
+TIMEOUT = 300
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(path: Path) -> Path:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["run_name"] = RUN
+    config["training"].update(steps=STEP, checkpoint_steps=[0, STEP], log_every=5)
+    config["lanczos"].update(steps=STEPS, draws=1, save_every=SAVE_EVERY)
+    # 29,162 parameters: a Lanczos step takes ~0.1-0.4 s on 2 cores, a window of seconds to kill in.
+    config["model"]["options"].update(filters=[32, 64])
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "snakemake", *args,
+        "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--configfile", str(configfile),
+        "--cores", "2",
+    ]
+
+
+def run(workdir: Path, configfile: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        snakemake(workdir, configfile, *args), cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def logged_steps(log: Path) -> list[int]:
+    if not log.exists():
+        return []
+    return [int(i) for i in re.findall(rf"Lanczos step (\d+)/{STEPS}", log.read_text())]
+
+
+def test_killed_lanczos_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    trained, whole, killed = tmp_path / "trained", tmp_path / "whole", tmp_path / "killed"
+    trained.mkdir()
+    configfile = write_config(tmp_path / "config.yaml")
+    run(trained, configfile, CHECKPOINT)  # data and checkpoints once, then two copies
+    shutil.copytree(trained, whole, symlinks=True)
+    shutil.copytree(trained, killed, symlinks=True)
+
+    run(whole, configfile, TRIDIAG)
+    reference = np.load(whole / TRIDIAG)
+    assert reference.shape == (STEPS, STEPS)
+    assert not (whole / STATE).exists()
+
+    process = subprocess.Popen(
+        snakemake(killed, configfile, TRIDIAG), cwd=killed, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not (killed / STATE).exists():
+            assert process.poll() is None, "the Lanczos run ended before saving any state"
+            assert time.monotonic() < deadline, "timed out waiting for the Lanczos state file"
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # Snakemake and the job's script: a preemption
+        process.wait(timeout=30)
+    steps_before_kill = logged_steps(killed / LOG)
+    assert not (killed / TRIDIAG).exists(), "the job finished before the kill; make it slower"
+    assert steps_before_kill and SAVE_EVERY <= max(steps_before_kill) < STEPS, steps_before_kill
+    with np.load(killed / STATE) as state:
+        saved = int(state["steps_done"])
+    assert saved % SAVE_EVERY == 0 and SAVE_EVERY <= saved <= max(steps_before_kill)
+
+    run(killed, configfile, "--unlock")  # a SIGKILLed Snakemake leaves its lock behind
+    rerun = run(killed, configfile, TRIDIAG)
+    text = (killed / LOG).read_text()
+    assert f"resumed from Lanczos step {saved}" in text, text[-2000:]
+    assert re.search(r"rule lanczos:", rerun.stdout + rerun.stderr)  # it did rerun the job
+    resumed = np.load(killed / TRIDIAG)
+    assert np.array_equal(resumed, reference), np.abs(resumed - reference).max()
+    assert not (killed / STATE).exists(), "the state file should be removed once outputs are written"
+    provenance = json.loads((killed / f"{BASE}/lanczos/step_{STEP}/provenance_0.json").read_text())
+    assert provenance["resumed_from"] == saved
+    # Only the steps after the saved one were recomputed.
+    assert logged_steps(killed / LOG)[0] == saved + 1
