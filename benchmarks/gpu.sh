@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Items 1 and 2 of the benchmarks on one GPU, in under 8 minutes once the venvs exist:
+# ResNet-32 (and the demo CNN) against the limit, and hessflow against the PyTorch peers on CUDA.
+#
+#   bash benchmarks/gpu.sh            # from the repository root, on a machine with an NVIDIA GPU
+#
+# Installs what it needs into two venvs of its own (benchmarks/.venv-gpu: hessflow with
+# tensorflow[and-cuda]; benchmarks/.venv-peers-gpu: requirements-peers.txt, whose torch pin is the
+# CUDA build on PyPI). Without network, set WHEELS=/path/to/wheel/dir (pip --no-index
+# --find-links). Results are appended to benchmarks/RESULTS.md; logs go to benchmarks/out/ (or
+# $OUT/ when set).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# TensorFlow would take the whole card at start-up and leave none to the torch workers.
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 TF_FORCE_GPU_ALLOW_GROWTH=true
+LOGS="${OUT:-benchmarks/out}"
+mkdir -p "$LOGS" benchmarks/out
+PY="${PYTHON:-python3}"
+
+echo "== card"
+if ! nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; then
+    echo "no NVIDIA GPU visible (nvidia-smi failed): this script is for GPU sessions" >&2
+    exit 2
+fi
+
+pip_install() {  # venv, args...
+    local venv="$1"; shift
+    if [[ -n "${WHEELS:-}" ]]; then
+        "$venv/bin/pip" install -q --no-index --find-links "$WHEELS" "$@"
+    else
+        "$venv/bin/pip" install -q "$@"
+    fi
+}
+
+start=$(date +%s)
+echo "== venvs"
+if [[ ! -x benchmarks/.venv-gpu/bin/python ]]; then
+    "$PY" -m venv benchmarks/.venv-gpu
+    pip_install benchmarks/.venv-gpu -e . 'tensorflow[and-cuda]>=2.20,<2.22'
+fi
+if [[ ! -x benchmarks/.venv-peers-gpu/bin/python ]]; then
+    "$PY" -m venv benchmarks/.venv-peers-gpu
+    pip_install benchmarks/.venv-peers-gpu -r benchmarks/requirements-peers.txt
+fi
+export HESSFLOW_PEERS_PYTHON="$PWD/benchmarks/.venv-peers-gpu/bin/python"
+benchmarks/.venv-gpu/bin/python -c "import tensorflow as tf; gpus = tf.config.list_physical_devices('GPU'); print('TF', tf.__version__, gpus); assert gpus, 'TensorFlow sees no GPU'"
+"$HESSFLOW_PEERS_PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0)); assert torch.cuda.is_available()"
+echo "installs: $(( $(date +%s) - start )) s"
+
+echo "== item 1: against the limit (ResNet-32 on 2,000 generated CIFAR-sized images)"
+timeout 300 benchmarks/.venv-gpu/bin/python benchmarks/hvp_cost.py \
+    --resnet-images 2000 --resnet-batches 250 500 1000 --cnn-batches 500 1797 \
+    --lever-resnet-images 1000 --reps 3 2>&1 | tee "$LOGS/gpu_hvp_cost.log"
+
+echo "== item 2: against the peers on CUDA"
+timeout 200 benchmarks/.venv-gpu/bin/python benchmarks/peers.py --device cuda \
+    --images 2000 --batch 500 --steps 3 --reps 3 --density-steps 90 --density-draws 10 \
+    2>&1 | tee "$LOGS/gpu_peers.log"
+
+cp benchmarks/RESULTS.md "$LOGS/RESULTS.md" 2>/dev/null || true
+echo "total: $(( $(date +%s) - start )) s"
