@@ -53,5 +53,5 @@ def test_one_lanczos_job_through_sbatch():
     run_script("--smoke", "--timeout", "420", timeout=600)
 
 
-# The whole demo through sbatch (about 5 minutes on 2 cores) is a command of its own,
+# The whole demo through sbatch (about 3 minutes on 2 idle cores) is a command of its own,
 # named in the README: `.venv/bin/python tests/cluster/slurm_test.py` (as root).
