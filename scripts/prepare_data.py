@@ -15,14 +15,14 @@ from hessflow import artifacts, data  # noqa: E402
 params = snakemake.params
 source = {"dataset": params.dataset}
 if params.dataset == "cifar10":
-    from hessflow.download import extract_cifar10, sha256_of_file
+    from hessflow.download import extract_cifar10
 
     archive = Path(snakemake.input.archive)
     with tempfile.TemporaryDirectory(dir=Path(snakemake.output.card).parent) as scratch:
         folder = extract_cifar10(archive, scratch)
         train = data.load_cifar10(folder, "train")
         test = data.load_cifar10(folder, "test")
-    source.update(archive=str(archive), archive_sha256=sha256_of_file(archive))
+    source.update(archive=str(archive), archive_sha256=artifacts.sha256_file(archive))
 else:
     if params.dataset == "digits":
         images, labels = data.load_digits()

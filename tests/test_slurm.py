@@ -2,8 +2,7 @@
 
 The suite runs the smoke (the data and checkpoint locally, then one Lanczos job through sbatch
 with the SLURM profile, about 30-60 s). The whole demo through Slurm (every job via sbatch, about
-5 minutes on 2 cores) is ``sudo .venv/bin/python tests/cluster/slurm_test.py``, or this file with
-``HESSFLOW_SLURM_FULL=1``. See tests/cluster/slurm_test.py for what is set up and checked.
+3 minutes on 2 idle cores) is ``sudo .venv/bin/python tests/cluster/slurm_test.py``. See tests/cluster/slurm_test.py for what is set up and checked.
 """
 
 import os
@@ -18,7 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "cluster" / "slurm_test.py"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 
-pytest.importorskip("snakemake_executor_plugin_slurm")
 pytestmark = pytest.mark.slow
 
 

@@ -35,6 +35,7 @@ import numpy as np
 __all__ = [
     "MANIFEST_HEADER",
     "atomic_write",
+    "fsync_file",
     "read_manifest",
     "save_json",
     "save_npy",
@@ -49,17 +50,18 @@ MANIFEST_HEADER = ("path", "size_bytes", "sha256")
 _HASH_CHUNK_BYTES = 1 << 20
 
 
-def _temporary_sibling(path: Path) -> Path:
-    """A fresh hidden name next to ``path``: ``.{name}.tmp-{pid}-{random}``.
+def _temporary_sibling(path: Path, suffix: str = "") -> Path:
+    """A fresh hidden name next to ``path``: ``.{name}.tmp-{pid}-{random}{suffix}``.
 
     Same directory so that :func:`os.replace` is a rename within one
     filesystem (atomic on POSIX); pid and random suffix so that concurrent
     writers of the same destination never share a temporary file.
     """
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (before a rename makes it visible)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -68,8 +70,11 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Context manager for writing ``path`` all-or-nothing.
+
+    ``suffix`` ends the temporary name, for writers that insist on one
+    (Keras's ``save_weights`` wants ``.weights.h5``).
 
     Yields the :class:`~pathlib.Path` of a temporary file in the same
     directory (not yet created; the body creates and writes it). When the body
@@ -87,14 +92,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
                 np.save(f, tridiag)
     """
     path = Path(path)
-    tmp = _temporary_sibling(path)
+    tmp = _temporary_sibling(path, suffix)
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(
                 f"atomic_write({str(path)!r}): the body did not create the temporary file {str(tmp)!r}"
             )
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         # BaseException: a KeyboardInterrupt or SystemExit must not leave a

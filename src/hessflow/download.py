@@ -35,6 +35,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+from hessflow.artifacts import fsync_file, sha256_file
 from hessflow.data import (
     CIFAR10_DIRNAME,
     CIFAR10_RECORD_BYTES,
@@ -52,7 +53,6 @@ __all__ = [
     "download",
     "extract_cifar10",
     "fetch_cifar10",
-    "sha256_of_file",
 ]
 
 # Published by the dataset's authors; size and hash as listed by TFDS's checksum registry (and
@@ -89,15 +89,6 @@ class _TransientError(Exception):
 # ================================================================================================
 # Download
 # ================================================================================================
-def sha256_of_file(path: str | os.PathLike) -> str:
-    """Lowercase hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(
     url: str,
     destination: str | os.PathLike,
@@ -148,7 +139,7 @@ def download(
     destination.parent.mkdir(parents=True, exist_ok=True)
 
     if destination.exists():
-        actual = sha256_of_file(destination)
+        actual = sha256_file(destination)
         if actual == expected:
             log(f"{destination} already present with the expected sha256; not downloading")
             return destination
@@ -165,7 +156,7 @@ def download(
                 f"deleted. The server sent different content (an error page, or a changed "
                 f"file); if you have the right file, place it by hand at {destination}"
             )
-        _fsync(part)  # the data must be on disk before the rename makes it visible
+        fsync_file(part)  # the data must be on disk before the rename makes it visible
         os.replace(part, destination)
     finally:
         # Reached with `part` still present only on failure (incl. KeyboardInterrupt).
@@ -267,14 +258,6 @@ def _normalized_sha256(sha256: str) -> str:
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
     return value
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ================================================================================================

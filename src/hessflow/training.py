@@ -41,12 +41,10 @@ called by the user.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import numbers
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -57,6 +55,7 @@ import pandas as pd
 import tensorflow as tf
 
 from hessflow import data
+from hessflow.artifacts import atomic_write
 from hessflow.models import decayed_variable_mask
 
 __all__ = [
@@ -292,20 +291,8 @@ def save_checkpoint(model: keras.Model, path: str | os.PathLike) -> Path:
     if not path.name.endswith(WEIGHTS_SUFFIX) or path.name == WEIGHTS_SUFFIX:
         raise ValueError(f"checkpoint file name must end with {WEIGHTS_SUFFIX!r}, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    stem = path.name[: -len(WEIGHTS_SUFFIX)]
-    tmp = path.with_name(f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{WEIGHTS_SUFFIX}")
-    try:
+    with atomic_write(path, suffix=WEIGHTS_SUFFIX) as tmp:
         model.save_weights(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
     return path
 
 
