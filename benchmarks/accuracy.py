@@ -1,7 +1,8 @@
 """Item 3 -- accuracy of SLQ against the exact Hessian spectrum, hessflow and the peers.
 
 Models small enough for the explicit Hessian, trained briefly on the 1,797 digits (float64
-weights), the Hessian taken over the first 1,000 digits in 2 fixed batches of 500: the MLP (tanh, 32 hidden) and the small CNN, each with and without batch norm (train
+weights), the Hessian taken over the first 1,000 digits in 2 fixed batches of 500: the MLP (tanh,
+32 hidden) and the small CNN, each with and without batch norm (train
 mode, the fixed batches of the operator). The exact Hessian is built in float64 by nested tapes,
 rows in chunks (one `jacobian` of a slice of the gradient per chunk and batch: pfor over a whole
 CNN gradient at batch 500 does not fit in memory), and diagonalized with `numpy.linalg.eigvalsh`.
@@ -50,10 +51,10 @@ def exact_hessian(model, batches, chunk=128):
     import tensorflow as tf
 
     import tfkit
-    from hessflow.batchnorm import exact_batch_statistics
+    from hessflow.kernels import make_batch_loss_sum
 
+    batch_loss_sum = make_batch_loss_sum(model, tfkit.LOSS, training=True)  # hessflow's objective
     trainable = list(model.trainable_variables)
-    non_trainable = [v.value for v in model.non_trainable_variables]
     shapes = [tuple(v.shape) for v in trainable]
     sizes = [int(np.prod(s)) for s in shapes]
     n = sum(sizes)
@@ -70,9 +71,7 @@ def exact_hessian(model, batches, chunk=128):
             with tf.GradientTape() as inner:
                 inner.watch(flat)
                 params = [tf.reshape(t, s) for t, s in zip(tf.split(flat, sizes), shapes)]
-                with exact_batch_statistics(model):
-                    logits, _ = model.stateless_call(params, non_trainable, x, training=True)
-                loss = tf.reduce_sum(tfkit.LOSS.call(y, logits))
+                loss = batch_loss_sum(params, x, y)
             gradient = tf.pad(inner.gradient(loss, flat), [[0, padded - n]])
             piece = tf.slice(gradient, [start], [chunk])
         return outer.jacobian(piece, flat, experimental_use_pfor=True)
@@ -147,8 +146,8 @@ def main():
     try:
         for name, bn in configs:
             label = f"{name}{' + BN' if bn else ''}"
-            build = {"mlp": lambda dtype: models.mlp(hidden=(32,), batch_norm=bn, dtype=dtype, seed=0),
-                     "small_cnn": lambda dtype: models.small_cnn(batch_norm=bn, dtype=dtype, seed=0)}[name]
+            build = {"mlp": lambda dtype, bn=bn: models.mlp(hidden=(32,), batch_norm=bn, dtype=dtype, seed=0),
+                     "small_cnn": lambda dtype, bn=bn: models.small_cnn(batch_norm=bn, dtype=dtype, seed=0)}[name]
             model64 = build("float64")
             training.train(model64, images, labels, num_steps=args.train_steps, batch_size=64, learning_rate=0.05,
                            momentum=0.9, seed=0, log=None)
@@ -163,7 +162,8 @@ def main():
                 f"{eigenvalues.max():.4g}], trace {eigenvalues.sum():.4g}")
             exact_info.append([label, op.dim, batch, exact_seconds, eigenvalues.max(), eigenvalues.min(),
                                eigenvalues.sum(), float(np.mean(eigenvalues < -1e-3 * np.ptp(eigenvalues)))])
-            runs = [lanczos(op.matvec, op.dim, max(STEPS), seed=(0, 0, d), keep_vectors=False) for d in range(max(DRAWS))]
+            runs = [lanczos(op.matvec, op.dim, max(STEPS), seed=(0, 0, d), keep_vectors=False)
+                    for d in range(max(DRAWS))]
             for m in STEPS:
                 pairs = [ritz(r.tridiag[:m, :m]) for r in runs]
                 for d in DRAWS:
@@ -185,7 +185,8 @@ def main():
                             weights = [z[f"weights{i}"].astype(np.float64) for i in range(max(DRAWS))]
                         for d in DRAWS:
                             s = scores(eigenvalues, nodes[:d], weights[:d], op.dim)
-                            peer_rows.append([label, tool, m, d, s["w1_std"], s["lmax"], s["lmin"], s["neg"], s["trace"]])
+                            peer_rows.append([label, tool, m, d, s["w1_std"], s["lmax"], s["lmin"], s["neg"],
+                                              s["trace"]])
                     log(f"  {tool} done")
     finally:
         if workers is not None:

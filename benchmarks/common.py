@@ -72,7 +72,7 @@ def gpu_name() -> str | None:
 
 def load_average() -> str:
     try:
-        return "%.1f / %.1f / %.1f" % os.getloadavg()
+        return " / ".join(f"{load:.1f}" for load in os.getloadavg())
     except OSError:
         return "n/a"
 

@@ -59,10 +59,9 @@ def build(model_name: str, dtype: str, num_images: int):
 
 
 def operator(model, x, y, batch_size, dtype):
+    import tfkit
     from hessflow import data
     from hessflow.hvp import HessianOperator
-
-    import tfkit
     return HessianOperator(model, data.fixed_batches(x, y, batch_size), tfkit.LOSS, weight_decay=0.0,
                            batch_norm="train", dtype=dtype)
 
@@ -120,15 +119,16 @@ def cost_rows(model_name, num_images, batch_sizes, reps):
         agree = tfkit.relative_difference(local.hvp(v, "dbp"), op.matvec(v))
         step_inside = []
 
-        def lanczos_step():
+        def lanczos_step(op=op, step_inside=step_inside):
             _, total, inside = tfkit.timed_lanczos(op.matvec, op.dim, 1)
             step_inside.append(inside)
 
-        log(f"{model_name} n={op.dim:,} N={len(x)} batch={batch}: timing (double backprop vs FoR rel. diff {agree:.1e})")
+        log(f"{model_name} n={op.dim:,} N={len(x)} batch={batch}: "
+            f"timing (double backprop vs FoR rel. diff {agree:.1e})")
         times = common.interleaved({
             "gradient": op.loss_and_gradient,
             "lanczos_step": lanczos_step,
-            "hvp_dbp": lambda: local.hvp(v, "dbp"),
+            "hvp_dbp": lambda local=local, v=v: local.hvp(v, "dbp"),
         }, reps, log=log)
         hvp_for = step_inside[1:]  # the first was the untimed warm-up
         overhead90 = tfkit.lanczos_overhead(op.dim, M_FULL) / M_FULL
@@ -155,7 +155,8 @@ def nonhvp_rows(model_name, num_images, batch, extra):
             shares.append((total - inside) / total)
             totals.append(total)
         share = common.median(shares)
-        return [[model_name, op.dim, batch, M_FULL, f"real run (N = {len(x):,}), median of 2", common.median(totals), share]]
+        return [[model_name, op.dim, batch, M_FULL, f"real run (N = {len(x):,}), median of 2", common.median(totals),
+                 share]]
     # Expensive operator: bookkeeping of a real-size m = 90 run with a stand-in operator, plus
     # 90 times the measured HVP pass.
     hvp = extra[batch]["hvp_for"]
@@ -266,7 +267,8 @@ def main():
     r, extra["resnet32"] = cost_rows("resnet32", args.resnet_images, args.resnet_batches, args.reps)
     cost += r
 
-    nonhvp = (nonhvp_rows("small_cnn_bn", 1797, 500 if 500 in args.cnn_batches else args.cnn_batches[-1], extra["small_cnn_bn"])
+    cnn_batch = 500 if 500 in args.cnn_batches else args.cnn_batches[-1]
+    nonhvp = (nonhvp_rows("small_cnn_bn", 1797, cnn_batch, extra["small_cnn_bn"])
               + nonhvp_rows("resnet32", args.resnet_images, args.resnet_batches[-1], extra["resnet32"]))
 
     levers = lever_rows("small_cnn_bn", 1797, 500, args.reps)
@@ -281,7 +283,8 @@ def main():
             {"model": "small_cnn_bn", "dtype": "float64", "images": 1797, "batch": 500, "steps": M_FULL},
         ] + [{"model": "resnet32", "dtype": "float32", "images": args.resnet_images, "batch": b, "steps": 2}
              for b in args.resnet_batches] + [
-            {"model": "resnet32", "dtype": "float64", "images": args.lever_resnet_images, "batch": lever_batch, "steps": 2}]
+            {"model": "resnet32", "dtype": "float64", "images": args.lever_resnet_images, "batch": lever_batch,
+             "steps": 2}]
         memory = memory_rows(configs)
 
     body = [

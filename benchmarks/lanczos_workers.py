@@ -27,20 +27,24 @@ from hessflow import data, models
 from hessflow.hvp import HessianOperator
 from hessflow.lanczos import lanczos
 images, labels = data.load_digits()
-operator = HessianOperator(models.small_cnn(batch_norm=True), data.fixed_batches(data.standardize_per_image(images), labels, 500),
-                           keras.losses.SparseCategoricalCrossentropy(from_logits=True), weight_decay=5e-4, strategy=strategy)
+operator = HessianOperator(models.small_cnn(batch_norm=True),
+                           data.fixed_batches(data.standardize_per_image(images), labels, 500),
+                           keras.losses.SparseCategoricalCrossentropy(from_logits=True), weight_decay=5e-4,
+                           strategy=strategy)
 operator.matvec(np.ones(operator.dim))  # trace outside the timing
 start = time.perf_counter()
 result = lanczos(operator.matvec, operator.dim, 90, seed=(0, 0, 0), keep_vectors=False)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "lambda_max": float(np.linalg.eigvalsh(result.tridiag)[-1]), "replicas": operator.num_replicas}))
+print(json.dumps({"seconds": seconds, "lambda_max": float(np.linalg.eigvalsh(result.tridiag)[-1]),
+                  "replicas": operator.num_replicas}))
 """
 
 
 def main():
     rows = []
     for kind, workers in [("default", 1), ("mirrored", 1), ("mirrored", 2)]:
-        done = subprocess.run([sys.executable, "-c", RUN, kind, str(workers)], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", RUN, kind, str(workers)], capture_output=True, text=True,
+                              check=True)
         rows.append({"strategy": kind, "W": workers, **json.loads(done.stdout.strip().splitlines()[-1])})
     base = rows[0]["seconds"]
     lines = [

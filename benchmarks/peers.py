@@ -166,7 +166,8 @@ def main():
         reference = op.matvec(v)
         agreement = {}
         for tool in TOOLS + ["torch_dbp"]:
-            workers["default"].call(cmd="hvp", tool=tool, vector=str(out / "peers_v.npy"), save=str(out / "peers_hv.npy"))
+            workers["default"].call(cmd="hvp", tool=tool, vector=str(out / "peers_v.npy"),
+                                    save=str(out / "peers_hv.npy"))
             hv = np.load(out / "peers_hv.npy")
             agreement[tool] = float(np.linalg.norm(hv - reference) / np.linalg.norm(reference))
         log(f"HVP rel. diff to hessflow: {agreement}")
@@ -225,7 +226,8 @@ def main():
         cnn_reference = cnn_op.matvec(cv)
         cnn_agreement = {}
         for tool in TOOLS:
-            workers["default"].call(cmd="hvp", tool=tool, vector=str(out / "peers_cv.npy"), save=str(out / "peers_hv.npy"))
+            workers["default"].call(cmd="hvp", tool=tool, vector=str(out / "peers_cv.npy"),
+                                    save=str(out / "peers_hv.npy"))
             hv = np.load(out / "peers_hv.npy")
             cnn_agreement[tool] = float(np.linalg.norm(hv - cnn_reference) / np.linalg.norm(cnn_reference))
 
@@ -241,7 +243,7 @@ def main():
                     lambda w=w, tool=tool: w.call(cmd="density", tool=tool, steps=args.density_steps,
                                                   draws=args.density_draws))
         log("densities (warm-up: a 3-step, 1-draw density per tool) ...")
-        for alloc, w in workers.items():
+        for _alloc, w in workers.items():
             for tool in TOOLS:
                 w.call(cmd="density", tool=tool, steps=3, draws=1)
         lanczos(cnn_op.matvec, cnn_op.dim, 3, seed=(0, 0, 0))
@@ -295,7 +297,8 @@ def main():
         f"### Time per Lanczos step: ResNet without batch norm, n = {op.dim:,}, {args.images:,} generated "
         f"32×32×3 images, batch {args.batch}",
         "",
-        common.markdown_table(["tool", "allocator", "s per step", "/ hessflow", f"projected min for m={args.density_steps} × 10 draws",
+        common.markdown_table(["tool", "allocator", "s per step", "/ hessflow",
+                               f"projected min for m={args.density_steps} × 10 draws",
                                "HVP rel. diff to hessflow", f"peak − baseline RSS MiB ({args.memory_steps}-step job)",
                                "peak RSS MiB"], step_rows),
         "",

@@ -1,12 +1,9 @@
 """TensorFlow-side helpers for the benchmarks (hessflow's venv).
 
-Local copies of the per-batch traced functions of `hessflow.hvp.HessianOperator`
-(forward-over-reverse, as in hessflow) plus the variants the benchmarks compare
-against it: double backprop (reverse-over-reverse), XLA (`jit_compile=True`),
-and on-device accumulation. They use only public Keras/TF API and
-`hessflow.batchnorm.exact_batch_statistics`, so they do not depend on the
-operator's private attributes; `check_against_operator` verifies that the local
-forward-over-reverse copy equals `HessianOperator.matvec`.
+Full-data loops over hessflow's own per-batch kernels (`hessflow.kernels`, the
+functions `hessflow.hvp.HessianOperator` runs), in the variants the benchmarks
+compare: forward-over-reverse (hessflow's) and double backprop
+(reverse-over-reverse), XLA (`jit_compile=True`), and on-device accumulation.
 """
 
 from __future__ import annotations
@@ -17,8 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hessflow import data, models
-from hessflow.batchnorm import exact_batch_statistics
+from hessflow import data, kernels, models
 from hessflow.lanczos import lanczos
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -95,77 +91,35 @@ def activation_bytes(model: keras.Model, batch_size: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# Traced per-batch functions (local copies of hessflow's, plus variants)
+# Full-data passes over hessflow's per-batch kernels, in variants
 # ------------------------------------------------------------------------------------------------
 class PassFunctions:
     """Per-batch traced functions of one model and a full-data loop over fixed batches.
 
-    ``method``: "for" (forward-over-reverse, hessflow's) or "dbp" (double backprop);
+    The kernels are hessflow's own (`hessflow.kernels`), not copies: ``method`` "for"
+    (forward-over-reverse, what `HessianOperator` runs) or "dbp" (double backprop);
     ``jit``: XLA compile (``jit_compile=True``); ``accumulate``: "host" (numpy float64 per batch,
     as hessflow) or "device" (one tf float64 sum, one transfer per pass).
     """
 
     def __init__(self, model, batches, loss=LOSS, training=True, jit=False):
         self.model = model
-        dtype = model.trainable_variables[0].dtype
-        self.compute_dtype = tf.as_dtype(dtype)
-        self.batches = [(tf.constant(np.asarray(x), self.compute_dtype), tf.constant(np.asarray(y)))
-                        for x, y in batches]
+        self.compute_dtype = tf.as_dtype(model.trainable_variables[0].dtype)
+
+        def tensor(a):  # floating inputs in the compute dtype, as HessianOperator does
+            a = np.asarray(a)
+            return tf.constant(a, self.compute_dtype if np.issubdtype(a.dtype, np.floating) else None)
+
+        self.batches = [(tensor(x), tensor(y)) for x, y in batches]
         self.num_examples = sum(int(x.shape[0]) for x, _ in self.batches)
-        trainable = list(model.trainable_variables)
-        non_trainable = list(model.non_trainable_variables)
-        shapes = [tuple(v.shape) for v in trainable]
-        sizes = [int(np.prod(s)) for s in shapes]
-        self.dim = sum(sizes)
-        per_example = loss.call
-        x0, y0 = self.batches[0]
-        x_spec = tf.TensorSpec((None, *x0.shape[1:]), x0.dtype)
-        y_spec = tf.TensorSpec((None, *y0.shape[1:]), y0.dtype)
-        v_spec = tf.TensorSpec((self.dim,), self.compute_dtype)
-
-        def batch_loss_sum(params, x, y):
-            with exact_batch_statistics(model):
-                logits, _ = model.stateless_call(params, [v.value for v in non_trainable], x, training=training)
-            return tf.reduce_sum(tf.cast(per_example(y, logits), params[0].dtype))
-
-        def flat(tensors):
-            return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
-
-        def unflat(v):
-            return [tf.reshape(t, s) for t, s in zip(tf.split(v, sizes), shapes)]
-
-        @tf.function(input_signature=[x_spec, y_spec, v_spec], jit_compile=jit)
-        def hvp_for(x, y, v):
-            params = [var.value for var in trainable]
-            with tf.autodiff.ForwardAccumulator(params, unflat(v)) as acc:
-                with tf.GradientTape() as tape:
-                    tape.watch(params)
-                    loss_sum = batch_loss_sum(params, x, y)
-                gradient = tape.gradient(loss_sum, params)
-            return tf.cast(flat(acc.jvp(gradient)), tf.float64)
-
-        @tf.function(input_signature=[x_spec, y_spec, v_spec], jit_compile=jit)
-        def hvp_dbp(x, y, v):
-            params = [var.value for var in trainable]
-            with tf.GradientTape() as outer:
-                outer.watch(params)
-                with tf.GradientTape() as inner:
-                    inner.watch(params)
-                    loss_sum = batch_loss_sum(params, x, y)
-                gradient = inner.gradient(loss_sum, params)
-                projection = tf.add_n([tf.reduce_sum(g * t) for g, t in zip(gradient, unflat(v))])
-            return tf.cast(flat(outer.gradient(projection, params)), tf.float64)
-
-        @tf.function(input_signature=[x_spec, y_spec], jit_compile=jit)
-        def gradient_fn(x, y):
-            params = [var.value for var in trainable]
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                loss_sum = batch_loss_sum(params, x, y)
-            return tf.cast(loss_sum, tf.float64), tf.cast(flat(tape.gradient(loss_sum, params)), tf.float64)
-
-        self._fns = {"for": hvp_for, "dbp": hvp_dbp}
-        self._gradient_fn = gradient_fn
+        self.dim = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        x_spec, y_spec = kernels.batch_specs(*self.batches[0])
+        specs = dict(training=training, jit_compile=jit)
+        self._fns = {
+            "for": kernels.traced_hvp_sum(model, loss, x_spec, y_spec, method="forward_over_reverse", **specs),
+            "dbp": kernels.traced_hvp_sum(model, loss, x_spec, y_spec, method="double_backprop", **specs),
+        }
+        self._gradient_fn = kernels.traced_loss_and_gradient_sum(model, loss, x_spec, y_spec, **specs)
 
     def hvp(self, v, method="for", accumulate="host") -> np.ndarray:
         fn = self._fns[method]

@@ -182,7 +182,7 @@ class Problem:
     # Keras-flat numpy <-> torch tensors
     def to_list(self, flat: np.ndarray) -> list[torch.Tensor]:
         out, offset = [], 0
-        for p, shape in zip(self.params, self.keras_shapes):
+        for _p, shape in zip(self.params, self.keras_shapes):
             size = int(np.prod(shape))
             piece = keras_to_torch(flat[offset:offset + size].reshape(shape))
             out.append(torch.from_numpy(np.ascontiguousarray(piece, dtype=np.float32)).to(self.device))

@@ -1,35 +1,35 @@
-"""Rule evaluate: training- and test-set loss and accuracy of one checkpoint (moving statistics)."""
+"""Rule evaluate: training- and test-set loss (and accuracy, for classes) of one checkpoint (moving statistics)."""
 
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # hessflow from this checkout (also in conda envs)
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
+from hessflow.jobs import start_job  # noqa: E402
 
-from hessflow.gpu_lock import claim_gpus  # noqa: E402
+start_job(snakemake, gpus=0, tensorflow=True)
+# ^ first: the log (file descriptors 1 and 2 too), then distinct GPUs for concurrent jobs and
+# TensorFlow's thread pools sized to the rule's threads, before TensorFlow starts
 
-claim_gpus(0)  # before TensorFlow starts: distinct GPUs for concurrent jobs; none for this one
+import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from hessflow import artifacts, models, training  # noqa: E402
+from hessflow import artifacts, checkpoints, evaluation, factories, objectives  # noqa: E402
 
 params = snakemake.params
 inputs = snakemake.input
-train_images, train_labels = np.load(inputs.train_images), np.load(inputs.train_labels)
-model = models.build_model(
-    params.model["architecture"],
-    input_shape=train_images.shape[1:],
-    num_classes=int(train_labels.max()) + 1,
-    seed=params.seed,
-    **params.model["options"],
-)
-training.load_checkpoint(model, inputs.checkpoint)
+card = json.loads(open(inputs.card).read())
+model = factories.build_model(params.model["factory"], params.model["options"], card=card, seed=params.seed)
+checkpoints.load_checkpoint(model, inputs.checkpoint)
+objective = params.objective
+loss = objectives.make_loss(objective["loss"]["name"], objective["loss"].get("options"))
 result = {"step": int(snakemake.wildcards.step), "checkpoint": inputs.checkpoint}
-for split, images, labels in [
-    ("train", train_images, train_labels),
+for split, x, y in [
+    ("train", np.load(inputs.train_images), np.load(inputs.train_labels)),
     ("test", np.load(inputs.test_images), np.load(inputs.test_labels)),
 ]:
-    metrics = training.evaluate(model, images, labels, batch_size=params.batch_size)
+    metrics = evaluation.evaluate(
+        model, x, y, batch_size=params.batch_size, loss=loss, preprocess=objective["preprocess"]
+    )
     result.update({f"{split}_{key}": value for key, value in metrics.items()})
 print(result)
 artifacts.save_json(snakemake.output[0], result)

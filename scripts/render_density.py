@@ -3,7 +3,9 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # hessflow from this checkout (also in conda envs)
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
+from hessflow.jobs import start_job  # noqa: E402
+
+start_job(snakemake)  # the log (file descriptors 1 and 2 too) and the rule's threads, first
 
 import json  # noqa: E402
 

@@ -3,44 +3,48 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # hessflow from this checkout (also in conda envs)
-sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)
+from hessflow.jobs import start_job  # noqa: E402
 
-from hessflow.gpu_lock import claim_gpus  # noqa: E402
+start_job(snakemake, gpus=snakemake.resources.gpu, tensorflow=True)
+# ^ first: the log (file descriptors 1 and 2 too), then distinct GPUs for concurrent jobs and
+# TensorFlow's thread pools sized to the rule's threads, before TensorFlow starts
 
-claim_gpus(snakemake.resources.gpu)  # before TensorFlow starts: distinct GPUs for concurrent jobs
+import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from hessflow import artifacts, models, training  # noqa: E402
+from hessflow import artifacts, data, factories, models, objectives, training  # noqa: E402
 
 params = snakemake.params
-images = np.load(snakemake.input.images)
-labels = np.load(snakemake.input.labels)
-model = models.build_model(
-    params.model["architecture"],
-    input_shape=images.shape[1:],
-    num_classes=int(labels.max()) + 1,
-    seed=params.seed,
-    **params.model["options"],
-)
+x, y = np.load(snakemake.input.images), np.load(snakemake.input.labels)
+card = json.loads(open(snakemake.input.card).read())
+model = factories.build_model(params.model["factory"], params.model["options"], card=card, seed=params.seed)
 print(f"{model.name}: {models.count_trainable(model):,} trainable parameters")
+objective = params.objective
+loss = objectives.make_loss(objective["loss"]["name"], objective["loss"].get("options"))
+# Model, loss and data must fit before hours of training: a clear error now, naming both shapes.
+sample = min(len(x), 8)
+preprocess = data.resolve_preprocess(objective["preprocess"], x[:sample])
+objectives.check_objective(model, loss, preprocess(x[:sample], training.compute_dtype(model)), y[:sample])
 checkpoint_for = dict(zip(params.checkpoint_steps, snakemake.output.checkpoints))
 config = params.training
 history = training.train(
     model,
-    images,
-    labels,
+    x,
+    y,
     num_steps=config["steps"],
     batch_size=config["batch_size"],
     learning_rate=config["learning_rate"],
     momentum=config["momentum"],
     lr_boundaries=config["lr_boundaries"],
     lr_decay_factor=config["lr_decay_factor"],
-    weight_decay=config["weight_decay"],
+    weight_decay=objective["weight_decay"],
     augment=config["augment"],
     checkpoint_steps=params.checkpoint_steps,
     checkpoint_path=checkpoint_for.__getitem__,
     seed=params.seed,
     log_every=config["log_every"],
+    loss=loss,
+    preprocess=objective["preprocess"],
 )
 artifacts.save_text(snakemake.output.history, history.to_csv(index=False))

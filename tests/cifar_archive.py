@@ -12,9 +12,9 @@ import http.server
 import io
 import tarfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -44,7 +44,8 @@ def batch_loss_sum(model, x, y, per_example_loss, training, flat):
     # TensorFlow's own batch statistics have wrong second derivatives (see
     # hessflow.batchnorm); the finite-difference tests check this independently.
     with exact_batch_statistics(model):
-        logits, _ = model.stateless_call(_unflatten(model, flat), non_trainable, tf.cast(x, flat.dtype), training=training)
+        logits, _ = model.stateless_call(_unflatten(model, flat), non_trainable, tf.cast(x, flat.dtype),
+                                         training=training)
     return tf.reduce_sum(tf.cast(per_example_loss(y, logits), flat.dtype))
 
 
@@ -83,3 +84,20 @@ def full_gradient(model, batches, per_example_loss, training, weight_decay=0.0) 
         gradient += tape.gradient(loss_sum, flat).numpy()
         count += len(x)
     return gradient / count + weight_decay * kernel_mask(model) * flat.numpy()
+
+
+def central_difference_hvp(op, model, v: np.ndarray, step: float) -> np.ndarray:
+    """(∇L(θ + step·v) − ∇L(θ − step·v)) / (2·step): H v from first derivatives only.
+
+    ``op.loss_and_gradient`` gives ∇L at the model's current weights; θ is restored afterwards.
+    Independent of every second-order autodiff path (truncation error O(step²)).
+    """
+    theta = flat_parameters(model)
+    try:
+        set_flat_parameters(model, theta + step * v)
+        _, gradient_plus = op.loss_and_gradient()
+        set_flat_parameters(model, theta - step * v)
+        _, gradient_minus = op.loss_and_gradient()
+    finally:
+        set_flat_parameters(model, theta)
+    return (gradient_plus - gradient_minus) / (2 * step)

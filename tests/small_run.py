@@ -17,20 +17,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 RUN = "small"
 
-SMALL_CONFIG = {
-    "run_name": RUN,
-    "seed": 0,
-    "model": {"architecture": "small_cnn", "options": {"batch_norm": True}},
-    "training": {"steps": 20, "checkpoint_steps": [10, 20]},
-    "spectrum": {"steps": [20]},
-    "lanczos": {"steps": 10, "draws": 2},
-    "density": {"grid_len": 500},
-}
+SMALL_CONFIG = yaml.safe_load((ROOT / ".test" / "config" / "small.yaml").read_text(encoding="utf-8"))
+assert SMALL_CONFIG["run_name"] == RUN
 
 _BASELINE: dict[str, Path] = {}
 
@@ -53,7 +48,9 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
     if check and done.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
     return done
 
 

@@ -30,6 +30,8 @@ from reference import exact_hessian
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 NUM_STEPS, NUM_DRAWS = 90, 40
 
+pytestmark = pytest.mark.slow  # trains 560 steps, then 40 draws of 90 float64 HVPs
+
 
 @pytest.fixture(scope="module")
 def spectra():

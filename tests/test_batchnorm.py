@@ -50,3 +50,18 @@ def test_layers_get_their_own_moments_back_after_the_block():
     with exact_batch_statistics(model):
         assert "_moments" in vars(layer)
     assert "_moments" not in vars(layer)
+
+
+def test_batch_norm_held_inside_a_custom_layer_is_found():
+    class Block(keras.layers.Layer):  # a user's block: its batch norm is not in model.layers
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(3)
+            self.norm = keras.layers.BatchNormalization()
+
+        def call(self, x, training=False):
+            return self.norm(self.dense(x), training=training)
+
+    block = Block()
+    model = keras.Sequential([keras.Input((4,)), block, keras.layers.Dense(2)])
+    assert batch_norm_layers(model) == [block.norm]

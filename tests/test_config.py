@@ -2,7 +2,9 @@
 
 The schema (workflow/schemas/config.schema.yaml) is what the Snakefile validates every config
 against with ``snakemake.utils.validate``, which also fills the defaults; config/README.md
-documents every key; envs/*.yaml must install what pyproject.toml declares.
+documents every key. Installation: pyproject.toml declares the dependencies once (a TensorFlow-free
+base, extras for TensorFlow, the workflow, Slurm and the tests), envs/*.yaml install exactly the
+base and the workflow extra, and the README's Quick-start lines are the ones CI runs.
 """
 
 import copy
@@ -25,12 +27,15 @@ CONFIG_README = ROOT / "config" / "README.md"
 HESSFLOW_ENV = ROOT / "envs" / "hessflow.yaml"
 ANALYSIS_ENV = ROOT / "envs" / "analysis.yaml"
 PYPROJECT = ROOT / "pyproject.toml"
+README = ROOT / "README.md"
+CI_RUN = ROOT / ".ci" / "run"
+TEST_CONFIGS = sorted((ROOT / ".test" / "config").glob("*.yaml"))  # the tests' small runs
 
 NO_DEFAULT = "—"  # how config/README.md writes "no default" (em dash)
 # conda-forge names that differ from the PyPI names in pyproject.toml
 CONDA_TO_PYPI = {"matplotlib-base": "matplotlib"}
 # interpreter and installer, not dependencies
-NOT_DEPENDENCIES = {"python", "pip"}
+NOT_DEPENDENCIES = {"python", "pip", "hessflow"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,10 +143,40 @@ def requirements(specs: list[str]) -> dict[str, SpecifierSet]:
 def pyproject() -> dict:
     try:
         import tomllib
-    except ImportError:  # Python 3.10: only the tests that read pyproject.toml need tomli
-        tomllib = pytest.importorskip("tomli")
+    except ImportError:  # Python 3.10: the test extra installs tomli there
+        import tomli as tomllib
     with open(PYPROJECT, "rb") as handle:
         return tomllib.load(handle)
+
+
+def installed_by(*extras: str) -> dict[str, SpecifierSet]:
+    """What ``pip install hessflow[extras]`` asks for: the base dependencies and the extras', an
+    extra's ``hessflow[...]`` entries followed (each package must have one range everywhere)."""
+    project = pyproject()["project"]
+    found = requirements(project["dependencies"])
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for spec in project["optional-dependencies"][extra]:
+            parsed = Requirement(spec)
+            name = canonicalize_name(parsed.name)
+            if name == "hessflow":
+                pending += sorted(parsed.extras)
+                continue
+            assert found.get(name, parsed.specifier) == parsed.specifier, f"{name}: two ranges"
+            found[name] = parsed.specifier
+    return found
+
+
+def quick_start_lines() -> list[str]:
+    """The lines of the README's first code block under "## Quick start"."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Quick start\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return block.strip().splitlines()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,6 +184,11 @@ def pyproject() -> dict:
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", [DEMO, CIFAR], ids=lambda p: p.name)
 def test_shipped_config_validates_against_schema(path):
+    validated(load_yaml(path))
+
+
+@pytest.mark.parametrize("path", TEST_CONFIGS, ids=lambda p: p.name)
+def test_small_test_config_validates_against_schema(path):
     validated(load_yaml(path))
 
 
@@ -212,27 +252,27 @@ def test_run_name_must_be_a_safe_directory_name():
 
 
 def test_option_the_builder_does_not_take_is_refused_by_name():
-    config = {**minimal_config(), "model": {"architecture": "mlp", "options": {"filters": [4]}}}
-    assert "'filters' is not one of" in validation_error(config)
+    config = {**minimal_config(), "model": {"factory": "mlp", "options": {"filters": [4]}}}
+    assert "'filters' was unexpected" in validation_error(config)
 
 
 def test_resnet32_refuses_every_option():
     config = {**minimal_config(),
-              "model": {"architecture": "resnet32", "options": {"batch_norm": True}}}
+              "model": {"factory": "resnet32", "options": {"batch_norm": True}}}
     message = validation_error(config)
     assert "does not allow 'batch_norm'" in message
     assert "['model']['options']" in message
 
 
 def test_options_of_each_builder_are_accepted():
-    for architecture, options in [
+    for factory, options in [
         ("small_cnn", {"filters": [4, 8], "strides": [1, 2], "batch_norm": True,
                        "activation": "leaky_relu"}),
         ("mlp", {"hidden": [16, 16], "batch_norm": False, "activation": "tanh"}),
         ("resnet32", {}),
     ]:
         validated({**minimal_config(),
-                   "model": {"architecture": architecture, "options": options}})
+                   "model": {"factory": factory, "options": options}})
 
 
 def test_max_examples_accepts_null_and_positive_integers_only():
@@ -248,12 +288,51 @@ def test_every_schema_key_has_type_and_description():
         assert sub.get("description", "").strip(), key
 
 
+# Keyword arguments of a factory or loss of the user's: any mapping (checked against the
+# function's signature when a job starts); the built-ins' options are checked by the schema.
+FACTORY_OPTIONS = {"model.options", "data.options", "loss.options"}
+
+
 def test_every_schema_object_refuses_unknown_keys():
     schema = load_yaml(SCHEMA)
     objects = [("(root)", schema)] + [
         (key, sub) for key, sub in schema_keys().items() if sub.get("type") == "object"]
     for key, sub in objects:
-        assert sub.get("additionalProperties") is False, key
+        if key not in FACTORY_OPTIONS:
+            assert sub.get("additionalProperties") is False, key
+
+
+@pytest.mark.parametrize("section, factory, option", [
+    ("model", "small_cnn", "hidden"), ("model", "mlp", "filters"),
+    ("data", "digits", "num_classes"), ("data", "synthetic", "noise"),
+])
+def test_an_option_a_builtin_factory_does_not_take_is_refused_by_name(section, factory, option):
+    config = {**minimal_config(), section: {"factory": factory, "options": {option: 1}}}
+    assert f"'{option}' was unexpected" in validation_error(config)
+
+
+def test_a_factory_of_your_own_takes_any_options():
+    config = validated({**minimal_config(),
+                        "model": {"factory": "mylab.nets:build", "options": {"width": 64, "hidden": "x"}},
+                        "data": {"factory": "mylab.data:load", "options": {"path": "/data/x.npz"}},
+                        "loss": {"name": "mylab.losses:huber", "options": {"delta": 0.5}}})
+    assert config["model"]["options"] == {"width": 64, "hidden": "x"}
+
+
+def test_a_factory_reference_with_spaces_or_two_colons_is_refused():
+    for reference in ("my lab:build", "a:b:c", "mylab.:build"):
+        message = validation_error({**minimal_config(), "model": {"factory": reference}})
+        assert "['model']['factory']" in message, reference
+
+
+def test_without_a_loss_section_the_loss_is_cross_entropy_on_logits():
+    assert validated(minimal_config())["loss"] == {
+        "name": "SparseCategoricalCrossentropy", "options": {"from_logits": True}}
+
+
+def test_a_loss_section_of_your_own_replaces_the_default_options():
+    assert validated({**minimal_config(), "loss": {"name": "MeanSquaredError"}})["loss"] == {
+        "name": "MeanSquaredError"}
 
 
 def test_minimal_config_gets_every_documented_default():
@@ -303,21 +382,66 @@ def test_config_readme_type_column_names_the_schema_type():
 
 
 # ------------------------------------------------------------------------------------------------
-# conda environments
+# installation: pyproject.toml's dependencies and extras, the conda envs, the README, CI
 # ------------------------------------------------------------------------------------------------
-def test_hessflow_env_has_exactly_the_runtime_dependencies_and_ranges():
+def test_base_install_is_numpy_scipy_pandas_and_matplotlib_only():
+    assert set(installed_by()) == {"numpy", "scipy", "pandas", "matplotlib"}
+
+
+def test_tensorflow_extra_adds_tensorflow_keras_and_scikit_learn():
+    assert set(installed_by("tensorflow")) - set(installed_by()) == {"tensorflow", "keras", "scikit-learn"}
+
+
+def test_workflow_extra_adds_snakemake_to_the_tensorflow_extra():
+    assert set(installed_by("workflow")) - set(installed_by("tensorflow")) == {"snakemake"}
+
+
+def test_slurm_extra_adds_the_executor_plugin_to_the_workflow_extra():
+    added = set(installed_by("slurm")) - set(installed_by("workflow"))
+    assert added == {"snakemake-executor-plugin-slurm"}
+
+
+def test_test_extra_installs_the_workflow_on_slurm_pytest_and_the_linters():
+    needed = set(installed_by("workflow", "slurm")) | {"pytest", "pyyaml", "packaging", "ruff", "snakefmt"}
+    assert needed <= set(installed_by("test"))
+
+
+def test_hessflow_env_is_exactly_the_workflow_install():
     conda, pip = conda_env(HESSFLOW_ENV)
     assert not set(conda) & set(pip), "a package listed twice"
     listed = {name: spec for name, spec in {**conda, **pip}.items()
               if name not in NOT_DEPENDENCIES}
-    assert listed == requirements(pyproject()["project"]["dependencies"])
+    assert listed == installed_by("workflow")
 
 
-def test_analysis_env_is_exactly_the_analysis_extra():
+def test_analysis_env_is_exactly_the_base_install():
     conda, pip = conda_env(ANALYSIS_ENV)
-    assert pip == {}, "the analysis env installs nothing from PyPI"
+    assert set(pip) == {"hessflow"}, "the analysis env installs only hessflow itself from PyPI"
     listed = {name: spec for name, spec in conda.items() if name not in NOT_DEPENDENCIES}
-    assert listed == requirements(pyproject()["project"]["optional-dependencies"]["analysis"])
+    assert listed == installed_by()
+
+
+@pytest.mark.parametrize("path", [HESSFLOW_ENV, ANALYSIS_ENV], ids=lambda p: p.name)
+def test_env_installs_hessflow_itself_at_the_version_of_pyproject(path):
+    # Used as a module of another project (--software-deployment-method conda), the jobs import
+    # hessflow from the environment: it must be the version the workflow was written for.
+    _, pip = conda_env(path)
+    assert str(pip["hessflow"]) == f"=={pyproject()['project']['version']}"
+
+
+def test_quick_start_is_two_lines_the_demo_with_the_workflow_extra_and_the_suite_with_the_test_extra():
+    demo, suite = quick_start_lines()
+    assert demo == "python3 -m venv .venv && .venv/bin/pip install -e '.[workflow]' && .venv/bin/snakemake --cores 2"
+    assert suite == "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"
+
+
+def test_ci_runs_the_linters_and_then_exactly_the_second_quick_start_line():
+    lines = [line.strip() for line in CI_RUN.read_text(encoding="utf-8").splitlines()]
+    suite = quick_start_lines()[1]
+    assert suite in lines
+    before = lines[: lines.index(suite)]
+    assert ".venv/bin/ruff check ." in before
+    assert ".venv/bin/snakefmt --check workflow" in before
 
 
 @pytest.mark.parametrize("path", [HESSFLOW_ENV, ANALYSIS_ENV], ids=lambda p: p.name)
@@ -339,8 +463,8 @@ def test_env_uses_conda_forge_only(path):
 def test_demo_config_meets_the_floor():
     config = validated(load_yaml(DEMO))
     assert config["run_name"] == "demo"
-    assert config["data"]["dataset"] == "digits"
-    assert config["model"]["architecture"] == "small_cnn"
+    assert config["data"]["factory"] == "digits"
+    assert config["model"]["factory"] == "small_cnn"
     assert config["model"]["options"]["batch_norm"] is True
     steps = config["training"]["checkpoint_steps"]
     assert len(steps) >= 4
@@ -363,11 +487,11 @@ def test_cifar_config_has_the_papers_values():
     config = validated(load_yaml(CIFAR))
     assert config["run_name"] == "cifar10_resnet32"
     data = config["data"]
-    assert data["dataset"] == "cifar10"
+    assert data["factory"] == "cifar10"
     assert data["cifar10"]["url"] == "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
     assert data["cifar10"]["sha256"] == (
         "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd")
-    assert config["model"] == {"architecture": "resnet32", "options": {}}
+    assert config["model"] == {"factory": "resnet32", "options": {}}
     training = config["training"]
     assert training["batch_size"] == 128
     assert training["learning_rate"] == 0.1

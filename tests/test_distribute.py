@@ -47,6 +47,7 @@ def one_device_tridiagonal(tmp_path_factory):
     return np.load(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replicas", [2, 3])
 def test_mirrored_replicas_give_the_one_device_tridiagonal_with_batch_norm_and_uneven_shards(
         tmp_path, one_device_tridiagonal, replicas):
@@ -55,7 +56,8 @@ def test_mirrored_replicas_give_the_one_device_tridiagonal_with_batch_norm_and_u
     code, output = finish(run_worker(out, "--strategy", "mirrored", "--workers", str(replicas)))
     assert code == 0, output
     assert f"replicas {replicas}" in output
-    np.testing.assert_allclose(np.load(out), one_device_tridiagonal, rtol=0, atol=1e-12 * np.abs(one_device_tridiagonal).max())
+    np.testing.assert_allclose(np.load(out), one_device_tridiagonal, rtol=0,
+                               atol=1e-12 * np.abs(one_device_tridiagonal).max())
 
 
 def multi_worker_processes(tmp_path, perturbed_worker=None):
@@ -71,13 +73,16 @@ def multi_worker_processes(tmp_path, perturbed_worker=None):
             process.kill()
 
 
+@pytest.mark.slow
 def test_two_worker_processes_give_the_one_process_tridiagonal(tmp_path, one_device_tridiagonal):
     out, results = multi_worker_processes(tmp_path)
     for code, output in results:
         assert code == 0, output
-    np.testing.assert_allclose(np.load(out), one_device_tridiagonal, rtol=0, atol=1e-12 * np.abs(one_device_tridiagonal).max())
+    np.testing.assert_allclose(np.load(out), one_device_tridiagonal, rtol=0,
+                               atol=1e-12 * np.abs(one_device_tridiagonal).max())
 
 
+@pytest.mark.slow
 def test_a_worker_on_a_different_checkpoint_fails_every_worker_with_a_message(tmp_path):
     out, results = multi_worker_processes(tmp_path, perturbed_worker=1)
     for code, output in results:
@@ -96,13 +101,18 @@ def lanczos_job_inputs(tmp_path_factory):
     np.save(folder / "images.npy", rng.integers(0, 17, size=(110, 8, 8, 1), dtype=np.uint8))
     np.save(folder / "labels.npy", rng.integers(0, 10, size=110).astype(np.int64))
     training.save_checkpoint(models.small_cnn(batch_norm=True, seed=0), folder / "step_0.weights.h5")
+    card = {"input_shape": [8, 8, 1], "num_classes": 10, "output_shape": [10], "x_dtype": "uint8"}
+    (folder / "dataset.json").write_text(json.dumps(card))
     return {
         "checkpoint": str(folder / "step_0.weights.h5"),
         "images": str(folder / "images.npy"),
         "labels": str(folder / "labels.npy"),
-        "model": {"architecture": "small_cnn", "options": {"batch_norm": True}},
+        "card": str(folder / "dataset.json"),
+        "model": {"factory": "small_cnn", "options": {"batch_norm": True}},
+        "objective": {"loss": {"name": "SparseCategoricalCrossentropy", "options": {"from_logits": True}},
+                      "weight_decay": 5e-4, "preprocess": "auto"},
         "hessian": {"batch_size": 25, "batch_norm": "train", "dtype": "float32", "max_examples": None},
-        "weight_decay": 5e-4, "num_steps": 12, "save_every": 4, "run_seed": 0, "step": 0, "draw": 0,
+        "num_steps": 12, "save_every": 4, "run_seed": 0, "step": 0, "draw": 0,
         "strategy": "default", "workers": 1,
     }
 
@@ -113,6 +123,7 @@ def job_spec(base, folder, **changes):
     return {**base, "state_file": str(folder / ".state.npz"), "outputs": outputs, **changes}
 
 
+@pytest.mark.slow
 def test_a_multi_worker_lanczos_job_equals_the_one_process_job(tmp_path, lanczos_job_inputs, monkeypatch):
     single, multi = tmp_path / "single", tmp_path / "multi"
     single.mkdir(), multi.mkdir()
@@ -194,3 +205,26 @@ def test_invalid_strategies_are_refused_by_config_key(kind, devices, message):
 
     with pytest.raises(ValueError, match=message):
         make_strategy(kind, devices)
+
+
+@pytest.mark.parametrize("num_batches,replicas", [(7, 2), (7, 3), (2, 5), (6, 3), (1, 1)])
+def test_replica_rounds_follow_the_worker_partition_with_zero_weighted_stand_ins(num_batches, replicas):
+    from hessflow.data import worker_batch_indices
+    from hessflow.distribute import replica_rounds
+
+    rounds = replica_rounds(num_batches, replicas)
+    assert len(rounds) == -(-num_batches // replicas) and all(len(r) == replicas for r in rounds)
+    for replica in range(replicas):
+        weighted = [index for r in rounds for index, weight in [r[replica]] if weight == 1.0]
+        assert weighted == worker_batch_indices(num_batches, replica, replicas)
+        stand_ins = {index for r in rounds for index, weight in [r[replica]] if weight == 0.0}
+        assert stand_ins <= {replica % num_batches}
+    counted = sorted(index for r in rounds for index, weight in r if weight == 1.0)
+    assert counted == list(range(num_batches))  # every batch exactly once
+
+
+def test_replica_rounds_of_seven_batches_over_two_replicas():
+    from hessflow.distribute import replica_rounds
+
+    assert replica_rounds(7, 2) == [
+        [(0, 1.0), (1, 1.0)], [(2, 1.0), (3, 1.0)], [(4, 1.0), (5, 1.0)], [(6, 1.0), (1, 0.0)]]

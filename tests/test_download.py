@@ -8,8 +8,8 @@ import tarfile
 
 import numpy as np
 import pytest
-from cifar_archive import serve_directory, write_cifar10_archive
 
+from cifar_archive import serve_directory, write_cifar10_archive
 from hessflow import download as dl
 from hessflow.data import load_cifar10
 

@@ -292,3 +292,55 @@ def test_invalid_arguments_are_refused(tmp_path):
         lanczos(identity, 5, 3, save_every=2)
     with pytest.raises(ValueError, match="non-negative"):
         lanczos(identity, 5, 3, seed=-1)
+
+
+# -- the operator as a LinearOperator or a matrix ------------------------------------------------
+def assert_same_run(a, b):
+    np.testing.assert_array_equal(a.alpha, b.alpha)
+    np.testing.assert_array_equal(a.beta, b.beta)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert a.residual_norm == b.residual_norm and a.num_matvecs == b.num_matvecs
+
+
+def test_a_dense_array_and_a_linear_operator_give_the_matvec_run_bit_for_bit():
+    from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+    a = random_symmetric(80, seed=30)
+    reference = lanczos(lambda v: a @ v, 80, 25, seed=(1, 2))
+    assert_same_run(lanczos(a, num_steps=25, seed=(1, 2)), reference)
+    assert_same_run(lanczos(a, 80, 25, seed=(1, 2)), reference)  # the positional form, dim checked
+    assert_same_run(lanczos(aslinearoperator(a), num_steps=25, seed=(1, 2)), reference)
+    custom = LinearOperator((80, 80), matvec=lambda v: a @ v, dtype=np.float64)
+    assert_same_run(lanczos(custom, num_steps=25, seed=(1, 2)), reference)
+
+
+def test_a_sparse_matrix_gives_the_eigenvalues_of_its_dense_form():
+    import scipy.sparse
+
+    diagonal = np.linspace(-1.0, 2.0, 40)
+    a = scipy.sparse.diags([diagonal, np.full(39, 0.3), np.full(39, 0.3)], [0, 1, -1], format="csr")
+    result = lanczos(a, num_steps=40, seed=3)
+    np.testing.assert_allclose(np.linalg.eigvalsh(result.tridiag), np.linalg.eigvalsh(a.toarray()), atol=1e-12)
+
+
+def test_an_integer_matrix_is_used_in_float64():
+    a = np.array([[2, 1], [1, 3]])
+    result = lanczos(a, num_steps=2, seed=0)
+    np.testing.assert_allclose(np.linalg.eigvalsh(result.tridiag), np.linalg.eigvalsh(a.astype(float)), atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "operator,kwargs,error,message",
+    [
+        (np.ones((3, 4)), {"num_steps": 2}, ValueError, "must be square"),
+        (np.triu(np.ones((4, 4))), {"num_steps": 2}, ValueError, "not symmetric"),
+        (np.eye(4), {"dim": 5, "num_steps": 2}, ValueError, "dim is 5 but the operator has shape"),
+        (np.eye(4) * 1j, {"num_steps": 2}, TypeError, "must be real"),
+        (np.eye(4), {}, TypeError, "num_steps is required"),
+        (lambda v: v, {"num_steps": 2}, TypeError, "dim is required with a matvec function"),
+        ("not an operator", {"dim": 3, "num_steps": 2}, TypeError, "must be a function"),
+    ],
+)
+def test_operators_lanczos_cannot_use_are_refused_with_the_reason(operator, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        lanczos(operator, **kwargs)

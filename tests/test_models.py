@@ -234,3 +234,14 @@ def test_model_with_shortcut_padding_saves_and_loads(tmp_path):
 def test_invalid_dtype_is_rejected():
     with pytest.raises(ValueError, match="dtype"):
         models.mlp(DIGITS_SHAPE, 10, dtype="float16")
+
+
+def test_weight_decay_covers_the_kernels_inside_attention_layers_but_not_embeddings():
+    tokens = keras.Input((5,), dtype="int32")
+    embedded = keras.layers.Embedding(7, 4)(tokens)
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3)(embedded, embedded)
+    model = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(attended)))
+    decayed = {v.path for v, is_decayed in zip(model.trainable_variables, models.decayed_variable_mask(model))
+               if is_decayed}
+    kernels = {v.path for v in model.trainable_variables if v.path.endswith("kernel")}
+    assert decayed == kernels and len(kernels) == 5  # query, key, value, output projections, dense

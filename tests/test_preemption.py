@@ -1,7 +1,7 @@
 """A Lanczos job killed midway resumes from its saved state and gives the uninterrupted tridiagonal.
 
-The workflow's lanczos rule passes ``state_file`` (``.state_{draw}.npz`` beside its outputs,
-undeclared, so Snakemake never deletes it as an incomplete output) and ``save_every`` to
+The workflow's lanczos job passes its state file (``.state_{draw}.npz`` beside its outputs, from
+hessflow.layout; undeclared, so Snakemake never deletes it as an incomplete output) and ``save_every`` to
 ``hessflow.lanczos.lanczos``. Here a small demo-like run trains once; then one copy computes the
 Lanczos job uninterrupted, and another is SIGKILLed (Snakemake and its job, the whole process
 group, as a preemption would) once the state holds at least ``save_every`` steps, then rerun after

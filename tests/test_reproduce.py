@@ -1,7 +1,7 @@
 """hessflow-reproduce, the export archive, and the paper code's files.
 
 ``hessflow.reproduce`` runs in a subprocess where TensorFlow and Keras cannot be imported (an
-import hook refuses them), as on a machine with only the ``analysis`` extra: it verifies the
+import hook refuses them), as on a machine with only the base install: it verifies the
 small run of tests/small_run.py against its manifest and rebuilds every density, table and figure
 identical to the workflow's. A one-byte change to a tridiagonal is named and nothing is rebuilt.
 Files in the paper code's layout import into the same density as hessflow's own.
@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,14 +77,15 @@ def test_export_archive_ships_what_reproduce_needs_and_reproduces(tmp_path_facto
     archive = workdir / "results" / f"{SMALL_CONFIG['run_name']}.tar.gz"
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-        versions = tar.extractfile(f"small/software_versions.txt").read().decode()
+        versions = tar.extractfile("small/software_versions.txt").read().decode()
         export = json.loads(tar.extractfile("small/export.json").read())
     for required in ("manifest.tsv", "config.json", "software_versions.txt", "export.json",
                      f"lanczos/step_{STEP}/tridiag_0.npy", f"spectrum/step_{STEP}/density.npy", "summary.csv"):
         assert f"small/{required}" in names, required
     for package in ("python", "numpy", "scipy", "tensorflow", "keras", "snakemake"):
         assert re.search(rf"^{package}==\d", versions, re.M), package
-    assert not [name for name in names if "/checkpoints/" in name or "lanczos_vec" in name or name.endswith("_images.npy")]
+    assert not [name for name in names
+                if "/checkpoints/" in name or "lanczos_vec" in name or name.endswith("_images.npy")]
     assert f"lanczos/step_{STEP}/lanczos_vec_0.npy" in export["left_out"]
     assert not list(archive.parent.glob(".*tmp*")), "a temporary file was left beside the archive"
 
@@ -190,7 +190,8 @@ def test_paper_files_import_into_the_same_density(tmp_path_factory, tmp_path):
     folders = []
     for draw, suffix in zip(range(DRAWS), ["", ".npy"]):  # one folder per draw; both spellings
         folder = tmp_path / f"paper.checkpoint_{STEP}.draw_{draw + 1}"
-        write_paper_files(folder, np.load(lanczos / f"tridiag_{draw}.npy"), np.load(lanczos / f"lanczos_vec_{draw}.npy"), suffix)
+        write_paper_files(folder, np.load(lanczos / f"tridiag_{draw}.npy"),
+                          np.load(lanczos / f"lanczos_vec_{draw}.npy"), suffix)
         folders.append(folder)
     imported = papercode.load_paper_draws(folders)
     assert np.array_equal(imported.tridiags, np.load(run / f"spectrum/step_{STEP}/tridiags.npy"))

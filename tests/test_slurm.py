@@ -2,7 +2,8 @@
 
 The suite runs the smoke (the data and checkpoint locally, then one Lanczos job through sbatch
 with the SLURM profile, about 30-60 s). The whole demo through Slurm (every job via sbatch, about
-3 minutes on 2 idle cores) is ``sudo .venv/bin/python tests/cluster/slurm_test.py``. See tests/cluster/slurm_test.py for what is set up and checked.
+3 minutes on 2 idle cores) is ``sudo .venv/bin/python tests/cluster/slurm_test.py``. See
+tests/cluster/slurm_test.py for what is set up and checked.
 """
 
 import os

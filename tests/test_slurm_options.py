@@ -127,6 +127,7 @@ def test_default_resources_grow_with_attempt(name):
     assert values[0] > 0 and values == [values[0], 2 * values[0], 3 * values[0]]
 
 
+@pytest.mark.slow
 def test_profile_loads_and_plans_the_demo(tmp_path):
     """snakemake --dry-run with the SLURM profile: Snakemake and the plugin accept every key."""
     env = {**os.environ, "SNAKEMAKE_SLURM_PARTITIONS": ""}

@@ -84,7 +84,7 @@ def test_history_rows_are_means_over_the_updates_since_the_previous_row(digits):
     (x_train, y_train), _ = digits
     every_step = quick_train(models.mlp(seed=0), x_train, y_train, num_steps=6, log_every=1)
     grouped = quick_train(models.mlp(seed=0), x_train, y_train, num_steps=6, log_every=3)
-    for column in ("loss", "cross_entropy", "accuracy"):
+    for column in ("loss", "data_loss", "accuracy"):
         expected = every_step[column].to_numpy().reshape(2, 3).mean(axis=1)
         np.testing.assert_allclose(grouped[column].to_numpy(), expected, rtol=1e-12)
 
@@ -202,7 +202,7 @@ def test_inconsistent_learning_rate_values_are_rejected():
 # ------------------------------------------------------------------------------------------------
 # weight decay
 # ------------------------------------------------------------------------------------------------
-def test_reported_loss_minus_cross_entropy_is_the_weight_decay_term(digits, tmp_path):
+def test_reported_loss_minus_data_loss_is_the_weight_decay_term(digits, tmp_path):
     (x_train, y_train), _ = digits
     weight_decay = 0.01
     history = quick_train(models.small_cnn(batch_norm=True, seed=0), x_train, y_train,
@@ -216,8 +216,8 @@ def test_reported_loss_minus_cross_entropy_is_the_weight_decay_term(digits, tmp_
                    if v.path.endswith("/kernel")]
         assert len(kernels) == 3  # two convolutions and the dense layer; not gamma/beta/bias
         penalty = 0.5 * weight_decay * sum(float(np.sum(k**2)) for k in kernels)
-        assert row.loss - row.cross_entropy == pytest.approx(penalty, rel=1e-5, abs=1e-6)
-        assert row.loss > row.cross_entropy
+        assert row.loss - row.data_loss == pytest.approx(penalty, rel=1e-5, abs=1e-6)
+        assert row.loss > row.data_loss
 
 
 def test_one_plain_sgd_step_moves_weights_by_minus_lr_times_gradient_plus_decay(digits):

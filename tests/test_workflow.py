@@ -28,6 +28,7 @@ import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+
 from cifar_archive import TEST_FILES, TRAIN_FILES, serve_directory, write_cifar10_archive  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -375,14 +376,14 @@ def test_demo_saves_a_checkpoint_at_every_checkpoint_step(demo):
 def test_demo_training_history_has_the_documented_columns(demo):
     training = demo.config["training"]
     rows = read_csv(demo.results / "train" / "history.csv")
-    assert list(rows[0]) == ["step", "loss", "cross_entropy", "accuracy", "learning_rate"]
+    assert list(rows[0]) == ["step", "loss", "data_loss", "accuracy", "learning_rate"]
     steps = [int(row["step"]) for row in rows]
     expected = list(range(training["log_every"], training["steps"] + 1, training["log_every"]))
     assert steps == expected + ([training["steps"]] if expected[-1:] != [training["steps"]] else [])
     rates = [training["learning_rate"] * training["lr_decay_factor"] ** k
              for k in range(len(training["lr_boundaries"]) + 1)]
     for row in rows:
-        assert math.isfinite(float(row["loss"])) and float(row["loss"]) >= float(row["cross_entropy"])
+        assert math.isfinite(float(row["loss"])) and float(row["loss"]) >= float(row["data_loss"])
         assert 0 <= float(row["accuracy"]) <= 1
         assert any(float(row["learning_rate"]) == pytest.approx(rate) for rate in rates)
 
@@ -487,12 +488,14 @@ def test_cifar10_dry_run_plans_one_lanczos_job_per_checkpoint_and_draw(cifar_dry
 @pytest.mark.parametrize("rule", ["train", "lanczos"])
 def test_cifar10_dry_run_jobs_declare_the_configured_resources(cifar_dry_run, rule):
     config, output = cifar_dry_run
-    expected = {key: str(value) for key, value in config["resources"][rule].items()}
+    expected = {key: str(value) for key, value in config["resources"][rule].items() if key != "threads"}
     blocks = [fields for name, fields in job_blocks(output) if name == rule]
     assert blocks, f"no {rule} job in the dry run"
     for fields in blocks:
         resources = parse_resources(fields["resources"])
         assert {key: resources.get(key) for key in expected} == expected, fields["resources"]
+        # threads are the rule's `threads:` (a dry run prints them when above 1), not a resource
+        assert fields.get("threads", "1") == str(config["resources"][rule]["threads"]), fields
 
 
 # ------------------------------------------------------------------------------------------------

@@ -352,3 +352,122 @@ def worker_batches(batches: list, worker: int, num_workers: int) -> list:
 def _check_same_length(x, y) -> None:
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+
+
+# ================================================================================================
+# Built-in data factories (``data.factory: digits | synthetic | cifar10``)
+# ================================================================================================
+# Each returns ((x_train, y_train), (x_test, y_test)), the keras.datasets convention that a
+# user's own data factory follows too (hessflow.factories.load_data).
+def digits(test_fraction: float = 0.2, seed: int = 0):
+    """scikit-learn's digits (:func:`load_digits`), split by :func:`train_test_split` (stratified).
+
+    ``seed`` is the run seed (hessflow passes it): it fixes the split.
+    """
+    images, labels = load_digits()
+    return train_test_split(images, labels, test_fraction, seed=seed)
+
+
+def synthetic(num_examples: int = 2000, image_shape=(32, 32, 3), num_classes: int = 10,
+              test_fraction: float = 0.2, seed: int = 0):
+    """:func:`synthetic_dataset` of ``num_examples`` images, split by :func:`train_test_split`."""
+    images, labels = synthetic_dataset(num_examples, tuple(image_shape), num_classes, seed=seed)
+    return train_test_split(images, labels, test_fraction, seed=seed)
+
+
+def cifar10(archive: str | os.PathLike):
+    """CIFAR-10 from its binary archive (the workflow's download rule passes its path).
+
+    The archive is unpacked into a temporary folder beside it, read, and the folder removed.
+    """
+    import tempfile
+
+    from hessflow.download import extract_cifar10
+
+    archive = Path(archive)
+    with tempfile.TemporaryDirectory(prefix=".cifar10-", dir=archive.parent) as scratch:
+        folder = extract_cifar10(archive, scratch)
+        return load_cifar10(folder, "train"), load_cifar10(folder, "test")
+
+
+# ================================================================================================
+# Network inputs and the data card
+# ================================================================================================
+PREPROCESS_CHOICES = ("auto", "standardize_per_image", "none")
+
+
+def is_image_batch(x: np.ndarray) -> bool:
+    """Whether ``x`` looks like raw images: (N, H, W, C) of an unsigned integer type."""
+    return x.ndim == 4 and np.issubdtype(x.dtype, np.unsignedinteger)
+
+
+def resolve_preprocess(preprocess: str, x_example_batch: np.ndarray):
+    """The function ``data.preprocess`` names, as ``(x, dtype) -> network inputs``.
+
+    ``standardize_per_image`` (:func:`standardize_per_image`, the paper's), ``none`` (floats
+    cast to ``dtype``, integers such as token ids kept), ``auto`` (standardize raw uint8 images
+    (N, H, W, C), else none), or ``"module:function"`` called as ``function(x, dtype)`` with
+    ``dtype`` the compute dtype name ("float32" / "float64").
+    """
+    if preprocess == "auto":
+        preprocess = "standardize_per_image" if is_image_batch(x_example_batch) else "none"
+    if preprocess == "standardize_per_image":
+        if np.asarray(x_example_batch).ndim != 4:
+            raise ValueError(
+                f"config data.preprocess: standardize_per_image needs images (N, H, W, C), but x has shape "
+                f"{np.asarray(x_example_batch).shape}; use data.preprocess: none (or auto)"
+            )
+        return lambda x, dtype: standardize_per_image(x, dtype=np.dtype(dtype))
+    if preprocess == "none":
+        return _cast_floating
+    from hessflow.factories import import_object
+
+    function = import_object(preprocess, "data.preprocess")
+    return lambda x, dtype: np.asarray(function(x, str(np.dtype(dtype))))
+
+
+def _cast_floating(x: np.ndarray, dtype) -> np.ndarray:
+    x = np.asarray(x)
+    return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) or x.dtype == bool else x
+
+
+def data_card(train, test, *, source: dict) -> dict:
+    """The data card of a prepared data set: what every later job builds the model from.
+
+    Args:
+        train, test: ``(x, y)`` pairs as the data factory returned them.
+        source: the factory, its options and preprocessing (and any provenance to record).
+
+    Returns:
+        a JSON-able dict: ``task`` (``classification`` for integer labels, else ``regression``),
+        ``input_shape`` (x's example shape), ``num_classes`` (max label + 1 over both splits, or
+        None), ``output_shape`` (``[num_classes]``, or y's example shape, ``[1]`` for (N,) targets),
+        dtypes and shapes of every array, example counts, class counts, and a sha256 of each array
+        (over its dtype, shape and bytes).
+    """
+    import hashlib
+
+    (x_train, y_train), (x_test, y_test) = train, test
+    classification = np.issubdtype(y_train.dtype, np.integer) and y_train.ndim == 1
+    card = {**source, "task": "classification" if classification else "regression"}
+    if classification:
+        lowest = int(min(y_train.min(), y_test.min()))
+        if lowest < 0:
+            raise ValueError(f"data: integer labels must be class indices >= 0, found {lowest}")
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        card.update(num_classes=num_classes, output_shape=[num_classes],
+                    train_class_counts=np.bincount(y_train, minlength=num_classes).tolist(),
+                    test_class_counts=np.bincount(y_test, minlength=num_classes).tolist())
+    else:
+        card.update(num_classes=None, output_shape=list(y_train.shape[1:]) or [1])
+    card.update(input_shape=list(x_train.shape[1:]), num_train=int(len(x_train)), num_test=int(len(x_test)))
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    card["arrays"] = {}
+    for name, array in arrays.items():
+        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+        card["arrays"][name] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": digest.hexdigest()}
+    card["x_dtype"] = str(x_train.dtype)
+    if is_image_batch(x_train):
+        card["pixel_range"] = [int(x_train.min()), int(x_train.max())]
+    return card

@@ -18,15 +18,26 @@ Three kinds, chosen by config (``lanczos.strategy``):
     `tf.distribute.MultiWorkerMirroredStrategy` over hosts (or processes), the
     cluster taken from ``TF_CONFIG`` or, inside a Slurm job step, from Slurm's
     environment (`tf.distribute.cluster_resolver.SlurmClusterResolver`).
+
+A pass runs in rounds (`replica_rounds`): in round r, replica k evaluates the
+r-th of its batches; a replica whose batches are used up evaluates a stand-in
+batch weighted by 0 (every replica must take part in the all-reduce, and a
+0-example batch would make batch norm NaN). `ReplicaRounds` places each
+replica's batches on its device once and yields the rounds' distributed
+inputs; `replicated_sum` turns a per-batch kernel (`hessflow.kernels`) into the
+weighted, all-reduced float64 sum of one round.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from hessflow.data import worker_batch_indices
 
 __all__ = [
     "STRATEGIES",
@@ -35,6 +46,9 @@ __all__ = [
     "is_chief",
     "check_same_weights",
     "WeightsMismatchError",
+    "replica_rounds",
+    "ReplicaRounds",
+    "replicated_sum",
 ]
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -160,3 +174,84 @@ def check_same_weights(strategy: tf.distribute.Strategy | None, checksum: str) -
             f"{checksum[:12]}…): every worker must load the same checkpoint file — check that the results "
             "folder is on a file system all nodes share and that no job rewrote it"
         )
+
+
+# -- the rounds of a Hessian pass over replicas ------------------------------------------------
+def replica_rounds(num_batches: int, num_replicas: int) -> list[list[tuple[int, float]]]:
+    """Which batch each replica evaluates in each round, and its weight.
+
+    Replica k's batches are ``worker_batch_indices(num_batches, k, num_replicas)``
+    (batch j goes to replica j mod W, whole batches only); round r gives each
+    replica the r-th of them with weight 1.0, or, once a replica's batches are
+    used up, the stand-in batch ``k mod num_batches`` with weight 0.0.
+
+    Returns:
+      ``ceil(num_batches / num_replicas)`` rounds, each a list of
+      ``num_replicas`` pairs ``(batch_index, weight)``; over all rounds the
+      weight-1 indices are ``range(num_batches)``, each once.
+    """
+    if num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    shards = [worker_batch_indices(num_batches, replica, num_replicas) for replica in range(num_replicas)]
+    num_rounds = max(len(shard) for shard in shards)
+    return [
+        [(shard[r], 1.0) if r < len(shard) else (replica % num_batches, 0.0) for replica, shard in enumerate(shards)]
+        for r in range(num_rounds)
+    ]
+
+
+class ReplicaRounds:
+    """The distributed inputs ``(x, y, weight)`` of each round of a pass over ``batches``.
+
+    Iterating yields, per round of `replica_rounds`, one distributed value
+    whose component on replica k is that replica's batch (placed on its device
+    the first time, then kept there) and its float64 weight.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, batches: Sequence[tuple[tf.Tensor, tf.Tensor]]):
+        self.strategy = strategy
+        self.batches = list(batches)
+        self.num_replicas = int(strategy.num_replicas_in_sync)
+        self.rounds = replica_rounds(len(self.batches), self.num_replicas)
+        self._placed: dict[tuple[int, int], tuple[tf.Tensor, tf.Tensor]] = {}
+
+    def _replica_inputs(self, context, round_index: int):
+        replica = context.replica_id_in_sync_group
+        index, weight = self.rounds[round_index][replica]
+        key = (replica, index)
+        if key not in self._placed:  # keep each replica's batches on its device
+            devices = self.strategy.extended.worker_devices
+            with tf.device(devices[replica % len(devices)]):
+                self._placed[key] = tuple(tf.identity(t) for t in self.batches[index])
+        return (*self._placed[key], tf.constant(weight, tf.float64))
+
+    def __iter__(self) -> Iterator:
+        for round_index in range(len(self.rounds)):
+            yield self.strategy.experimental_distribute_values_from_function(
+                lambda context, r=round_index: self._replica_inputs(context, r)
+            )
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+
+def replicated_sum(strategy: tf.distribute.Strategy, kernel: Callable):
+    """``(inputs, *args) -> Σ_replicas weight · kernel(x, y, *args)``, all-reduced.
+
+    ``kernel`` is an untraced per-batch function returning float64 tensors (or
+    a tuple of them), e.g. `hessflow.kernels.make_hvp_sum`; ``inputs`` one
+    round of `ReplicaRounds`. Rounds differ only in the batch dimension, which
+    ``reduce_retracing`` generalizes after one retrace.
+    """
+    total = tf.distribute.ReduceOp.SUM
+
+    @tf.function(reduce_retracing=True)
+    def round_sum(inputs, *args):
+        def replica(inputs, *args):
+            x, y, weight = inputs
+            return tf.nest.map_structure(lambda t: weight * t, kernel(x, y, *args))
+
+        per_replica = strategy.run(replica, args=(inputs, *args))
+        return tf.nest.map_structure(lambda t: strategy.reduce(total, t, axis=None), per_replica)
+
+    return round_sum

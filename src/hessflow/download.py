@@ -32,8 +32,8 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hessflow.artifacts import fsync_file, sha256_file
 from hessflow.data import (

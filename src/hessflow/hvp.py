@@ -6,29 +6,41 @@ fixed-order data set, plus an L2 penalty on the decayed variables::
     L(θ) = (1/N) Σ_b Σ_{i ∈ b} ℓ(f(x_i; θ, batch b), y_i) + (weight_decay / 2) Σ_k ‖θ_k‖²
 
 where b runs over the batches and k over the decayed variables (conv and dense
-kernels, `hessflow.models.decayed_variable_mask`). With batch norm in ``train``
-mode, f depends on the statistics of the whole batch b, so the batching is part
-of the definition of L: it is fixed at construction and never shuffled.
+kernels, `hessflow.models.decayed_variable_mask`). The per-example loss ℓ_i is
+what the loss function returns for example i, averaged over its non-batch axes
+when it has any: a loss of shape ``(batch,)`` is used as is, a per-token loss
+of shape ``(batch, seq)`` counts each example as the mean over its tokens
+(`hessflow.kernels.example_losses`). With batch norm in ``train`` mode, f
+depends on the statistics of the whole batch b, so the batching is part of the
+definition of L: it is fixed at construction and never shuffled. Dropout and
+the other noise layers (`hessflow.noise`) are off in every pass, whatever the
+batch-norm mode: L is a deterministic function of θ.
 
-The Hessian-vector product is computed forward-over-reverse (a
-`tf.autodiff.ForwardAccumulator` around a `tf.GradientTape` gradient): one
-traced `tf.function` per operator, called once per batch, its results
-accumulated in float64. Model state is never changed: the model runs through
-`keras.Model.stateless_call`, so batch-norm moving statistics stay as loaded;
-and batch statistics are computed twice-differentiably
-(`hessflow.batchnorm.exact_batch_statistics`: TensorFlow's own are not).
+Inputs: x is cast to the compute dtype only when it is floating (integer token
+ids for an `Embedding` stay integers); y likewise only when floating (integer
+class labels stay integers).
+
+`HessianOperator` is a `scipy.sparse.linalg.LinearOperator` (shape ``(n, n)``,
+dtype float64, symmetric), so ``scipy.sparse.linalg.eigsh(op, k=3)``,
+``op @ v``, ``op.matmat(V)`` and `hessflow.lanczos.lanczos` ``(op, num_steps=m)``
+all work on it. Each product is one full-data pass of the per-batch kernels of
+`hessflow.kernels` (forward-over-reverse, traced once), accumulated in float64;
+over several replicas the passes run in the rounds of `hessflow.distribute`.
+Model state is never changed: the model runs through
+`keras.Model.stateless_call`, so batch-norm moving statistics stay as loaded.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy.sparse.linalg import LinearOperator
 
-from hessflow.batchnorm import exact_batch_statistics
+from hessflow import distribute, kernels
 from hessflow.models import decayed_variable_mask
 
 __all__ = ["HessianOperator", "BATCH_NORM_MODES", "COMPUTE_DTYPES"]
@@ -39,28 +51,18 @@ BATCH_NORM_MODES = ("train", "inference")
 COMPUTE_DTYPES = ("float32", "float64")
 
 
-def _per_example_loss(loss) -> Callable:
-    """The unreduced form of a Keras loss object or loss function.
-
-    The operator sums per-example losses itself, so that the mean is over the
-    true example count even when the last batch is smaller.
-    """
-    if isinstance(loss, keras.losses.Loss):
-        return loss.call
-    if callable(loss):
-        return loss
-    raise TypeError(f"loss must be a keras.losses.Loss or a callable, got {type(loss).__name__}")
-
-
 def _materialize(dataset, compute_dtype: tf.DType) -> list[tuple[tf.Tensor, tf.Tensor]]:
     """Reads a finite data set of (x, y) batches once into a list of tensors.
 
-    Iterating a `tf.data` pipeline from Python on every Hessian pass stalls
-    (about 2 s a pass on CPU, see FIELD-NOTES); pre-sliced tensors do not.
+    Floating x and y are cast to ``compute_dtype``; integer (or other) ones are
+    kept as they are. Iterating a `tf.data` pipeline from Python on every
+    Hessian pass stalls (about 2 s a pass on CPU); pre-sliced tensors do not.
     """
     if isinstance(dataset, tf.data.Dataset):
         if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-            raise ValueError("dataset is infinite (did it .repeat()?): the Hessian needs a finite, fixed set of batches")
+            raise ValueError(
+                "dataset is infinite (did it .repeat()?): the Hessian needs a finite, fixed set of batches"
+            )
         dataset = dataset.as_numpy_iterator()
     batches = []
     for index, batch in enumerate(dataset):
@@ -70,23 +72,28 @@ def _materialize(dataset, compute_dtype: tf.DType) -> list[tuple[tf.Tensor, tf.T
             raise ValueError(f"dataset batch {index} is not an (x, y) pair") from None
         x = tf.convert_to_tensor(x)
         y = tf.convert_to_tensor(y)
+        if x.shape.rank == 0 or y.shape.rank == 0:
+            raise ValueError(
+                f"dataset batch {index}: x and y need a batch dimension (got shapes {x.shape}, {y.shape})"
+            )
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"dataset batch {index}: x has {x.shape[0]} examples but y has {y.shape[0]}")
         if x.shape[0] == 0:
             raise ValueError(f"dataset batch {index} is empty")
-        x = tf.cast(x, compute_dtype)
+        if x.dtype.is_floating:
+            x = tf.cast(x, compute_dtype)
         if y.dtype.is_floating:
             y = tf.cast(y, compute_dtype)
         batches.append((x, y))
     if not batches:
         raise ValueError("dataset has no batches")
-    shapes = {(tuple(x.shape[1:]), tuple(y.shape[1:]), y.dtype) for x, y in batches}
+    shapes = {(tuple(x.shape[1:]), x.dtype, tuple(y.shape[1:]), y.dtype) for x, y in batches}
     if len(shapes) != 1:
-        raise ValueError(f"dataset batches differ in example shape or label dtype: {sorted(map(str, shapes))}")
+        raise ValueError(f"dataset batches differ in example shape or dtype: {sorted(map(str, shapes))}")
     return batches
 
 
-class HessianOperator:
+class HessianOperator(LinearOperator):
     """The Hessian ∇²L(θ) of a Keras model's training loss over a data set.
 
     Args:
@@ -96,16 +103,20 @@ class HessianOperator:
         arrays, tensors, or a finite `tf.data.Dataset`), read once. The last
         batch may be smaller; the mean is over the true example count.
       loss: a Keras loss object (its unreduced ``call`` is used) or a function
-        ``(y_true, y_pred) -> (batch,)`` of per-example losses.
+        ``(y_true, y_pred) -> (batch,)`` or ``(batch, ...)`` of per-example
+        losses (non-batch axes are averaged).
       weight_decay: coefficient of ``(weight_decay / 2) Σ‖kernel‖²`` in the
         objective (the paper code's ``weight_decay · tf.nn.l2_loss``); it adds
         ``weight_decay`` to the Hessian on the decayed coordinates.
       batch_norm: ``"train"`` (each batch's own statistics; moving statistics
-        untouched) or ``"inference"`` (the stored moving statistics).
+        untouched) or ``"inference"`` (the stored moving statistics). Noise
+        layers are off in both.
       dtype: compute dtype, ``"float32"`` (default) or ``"float64"``; it must be
         the dtype of the model's variables (build the model with
         ``dtype="float64"`` for the float64 mode). Results are accumulated over
-        batches in float64 either way.
+        batches in float64 either way. (The operator's own ``dtype``, as a
+        LinearOperator, is float64: that of its vectors; this one is
+        ``compute_dtype``.)
       decay_mask: which of ``model.trainable_variables`` are decayed; default
         `hessflow.models.decayed_variable_mask` (conv and dense kernels).
       strategy: a `tf.distribute` strategy (`hessflow.distribute.make_strategy`)
@@ -114,9 +125,10 @@ class HessianOperator:
         all-reduced in float64: the same operator as one device, batch norm in
         ``train`` mode included (no batch is ever split).
 
-    Vectors in and out are flat float64 numpy arrays of length ``dim``, the
-    trainable variables concatenated in ``model.trainable_variables`` order,
-    each flattened in C order.
+    Vectors in and out are float64 numpy arrays of length ``dim`` (``(dim,)``
+    or ``(dim, 1)``; ``(dim, k)`` through ``matmat`` or ``@``), the trainable
+    variables concatenated in ``model.trainable_variables`` order, each
+    flattened in C order.
     """
 
     def __init__(
@@ -138,7 +150,7 @@ class HessianOperator:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         self.model = model
         self.batch_norm = batch_norm
-        self.dtype = dtype
+        self.compute_dtype = dtype
         self.weight_decay = float(weight_decay)
 
         variables = list(model.trainable_variables)
@@ -151,23 +163,19 @@ class HessianOperator:
                 f"build the model with dtype={dtype!r} (hessflow.models builders take a dtype argument)"
             )
         self._variables = variables
-        self._non_trainable = list(model.non_trainable_variables)
-        self._shapes = [tuple(v.shape) for v in variables]
-        self._sizes = [int(np.prod(s, dtype=np.int64)) for s in self._shapes]
-        self.dim = int(sum(self._sizes))
+        sizes = [int(np.prod(tuple(v.shape), dtype=np.int64)) for v in variables]
+        self.dim = int(sum(sizes))
+        super().__init__(dtype=np.float64, shape=(self.dim, self.dim))
 
         mask = decayed_variable_mask(model) if decay_mask is None else list(decay_mask)
         if len(mask) != len(variables):
             raise ValueError(f"decay_mask has {len(mask)} entries for {len(variables)} trainable variables")
-        self._decay_coordinates = np.concatenate(
-            [np.full(size, bool(m)) for size, m in zip(self._sizes, mask)]
-        )
+        self._decay_coordinates = np.concatenate([np.full(size, bool(m)) for size, m in zip(sizes, mask)])
 
         self._compute_dtype = tf.as_dtype(dtype)
         self._batches = _materialize(dataset, self._compute_dtype)
         self.num_examples = int(sum(int(x.shape[0]) for x, _ in self._batches))
         self.num_batches = len(self._batches)
-        self._per_example_loss = _per_example_loss(loss)
         #: How often the traced functions were traced; stays at one each
         #: however many passes run (a test checks it).
         self.num_traces = {"hvp": 0, "gradient": 0}
@@ -175,122 +183,37 @@ class HessianOperator:
         self.last_pass_seconds = float("nan")
         self.strategy = strategy
         self.num_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
-        self._hvp_fn, self._gradient_fn = self._trace_functions()
-        self._placed: dict[tuple[int, int], tuple[tf.Tensor, tf.Tensor]] = {}
+        self._hvp_fn, self._gradient_fn, self._rounds = self._pass_functions(loss)
 
-    # -- traced per-batch functions -------------------------------------------------
-    def _trace_functions(self):
-        x0, y0 = self._batches[0]
-        x_spec = tf.TensorSpec((None, *x0.shape[1:]), x0.dtype)
-        y_spec = tf.TensorSpec((None, *y0.shape[1:]), y0.dtype)
-        v_spec = tf.TensorSpec((self.dim,), self._compute_dtype)
+    def _pass_functions(self, loss):
+        """The per-round HVP and loss-and-gradient functions, and a function returning an
+        iterator over the rounds' arguments (one (x, y) batch per round on one device)."""
         training = self.batch_norm == "train"
-        model = self.model
-        per_example_loss = self._per_example_loss
-        trainable, non_trainable = self._variables, self._non_trainable
-        shapes, sizes = self._shapes, self._sizes
         counts = self.num_traces
 
-        def batch_loss_sum(params, x, y):
-            # stateless_call returns the batch-norm updates instead of applying
-            # them: a Hessian pass must not move the checkpoint's statistics.
-            with exact_batch_statistics(model):
-                logits, _ = model.stateless_call(params, [v.value for v in non_trainable], x, training=training)
-            return tf.reduce_sum(tf.cast(per_example_loss(y, logits), params[0].dtype))
+        def counter(name):
+            def count():  # runs at trace time only
+                counts[name] += 1
 
-        def flat(tensors):
-            return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
-
-        def hvp_sum(x, y, v):
-            counts["hvp"] += 1  # runs at trace time only
-            params = [var.value for var in trainable]
-            tangents = [tf.reshape(t, s) for t, s in zip(tf.split(v, sizes), shapes)]
-            with tf.autodiff.ForwardAccumulator(params, tangents) as acc:
-                with tf.GradientTape() as tape:
-                    tape.watch(params)
-                    loss_sum = batch_loss_sum(params, x, y)
-                gradient = tape.gradient(loss_sum, params)
-            return tf.cast(flat(acc.jvp(gradient)), tf.float64)
-
-        def loss_and_gradient_sum(x, y):
-            counts["gradient"] += 1
-            params = [var.value for var in trainable]
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                loss_sum = batch_loss_sum(params, x, y)
-            gradient = tape.gradient(loss_sum, params)
-            return tf.cast(loss_sum, tf.float64), tf.cast(flat(gradient), tf.float64)
+            return count
 
         if self.strategy is None:
-            batch_hvp_sum = tf.function(hvp_sum, input_signature=[x_spec, y_spec, v_spec])
-            batch_loss_and_gradient_sum = tf.function(loss_and_gradient_sum, input_signature=[x_spec, y_spec])
-        else:
-            strategy = self.strategy
-            total = tf.distribute.ReduceOp.SUM
+            x_spec, y_spec = kernels.batch_specs(*self._batches[0])
+            hvp = kernels.traced_hvp_sum(self.model, loss, x_spec, y_spec, training=training, on_trace=counter("hvp"))
+            gradient = kernels.traced_loss_and_gradient_sum(
+                self.model, loss, x_spec, y_spec, training=training, on_trace=counter("gradient")
+            )
+            return hvp, gradient, lambda: iter(self._batches)
+        hvp = kernels.make_hvp_sum(self.model, loss, training=training, on_trace=counter("hvp"))
+        gradient = kernels.make_loss_and_gradient_sum(self.model, loss, training=training, on_trace=counter("gradient"))
+        rounds = distribute.ReplicaRounds(self.strategy, self._batches)
+        # Each round's arguments: one distributed (x, y, weight) value.
+        return (distribute.replicated_sum(self.strategy, hvp), distribute.replicated_sum(self.strategy, gradient),
+                lambda: ((inputs,) for inputs in rounds))
 
-            # One round: every replica takes one batch (weight 1) or, once its
-            # batches are used up, a stand-in batch weighted by 0; the weighted
-            # float64 sums are all-reduced. Shapes differ only in the batch
-            # dimension, which reduce_retracing generalizes after one retrace.
-            @tf.function(reduce_retracing=True)
-            def batch_hvp_sum(inputs, v):
-                def replica(inputs, v):
-                    x, y, weight = inputs
-                    return weight * hvp_sum(x, y, v)
-
-                return strategy.reduce(total, strategy.run(replica, args=(inputs, v)), axis=None)
-
-            @tf.function(reduce_retracing=True)
-            def batch_loss_and_gradient_sum(inputs):
-                def replica(inputs):
-                    x, y, weight = inputs
-                    loss_sum, gradient = loss_and_gradient_sum(x, y)
-                    return weight * loss_sum, weight * gradient
-
-                loss_sum, gradient = strategy.run(replica, args=(inputs,))
-                return strategy.reduce(total, loss_sum, axis=None), strategy.reduce(total, gradient, axis=None)
-
-        return batch_hvp_sum, batch_loss_and_gradient_sum
-
-    # -- public operator ---------------------------------------------------------------
-    def _check_vector(self, v) -> np.ndarray:
-        v = np.asarray(v, dtype=np.float64)
-        if v.shape != (self.dim,):
-            raise ValueError(f"vector has shape {v.shape}, the operator acts on ({self.dim},)")
-        return v
-
-    def _rounds(self):
-        """Per round, what each replica sums: (x, y) batch tensors, or distributed inputs."""
-        if self.strategy is None:
-            yield from self._batches
-            return
-        replicas, devices = self.num_replicas, self.strategy.extended.worker_devices
-        for first in range(0, self.num_batches, replicas):
-
-            def replica_inputs(context, first=first):
-                replica = context.replica_id_in_sync_group
-                index = first + replica
-                weight = 1.0 if index < self.num_batches else 0.0
-                # A replica past the last batch computes on a stand-in and is
-                # weighted out (a 0-example batch would make batch norm NaN).
-                index = index if index < self.num_batches else replica % self.num_batches
-                key = (replica, index)
-                if key not in self._placed:  # keep each replica's batches on its device
-                    with tf.device(devices[replica % len(devices)]):
-                        self._placed[key] = tuple(tf.identity(t) for t in self._batches[index])
-                return (*self._placed[key], tf.constant(weight, tf.float64))
-
-            yield (self.strategy.experimental_distribute_values_from_function(replica_inputs),)
-
-    def _parameters(self) -> np.ndarray:
-        return np.concatenate([np.asarray(var.numpy(), np.float64).ravel() for var in self._variables])
-
-    def matvec(self, v) -> np.ndarray:
-        """∇²L(θ) v. ``v``: (dim,) float64 → (dim,) float64.
-
-        Raises FloatingPointError if the product is not finite.
-        """
-        v = self._check_vector(v)
+    # -- the product -----------------------------------------------------------------
+    def _product(self, v: np.ndarray) -> np.ndarray:
+        """∇²L(θ) v for a real (dim,) float64 ``v``: one full-data pass."""
         start = time.perf_counter()
         v_compute = tf.constant(v, dtype=self._compute_dtype)
         total = np.zeros(self.dim, dtype=np.float64)
@@ -307,7 +230,51 @@ class HessianOperator:
             )
         return result
 
-    __call__ = matvec
+    def _apply(self, v: np.ndarray) -> np.ndarray:
+        """The product of a (dim,) vector of any real or complex dtype (by linearity)."""
+        if np.iscomplexobj(v):
+            return self._product(np.ascontiguousarray(v.real, np.float64)) + 1j * self._product(
+                np.ascontiguousarray(v.imag, np.float64))
+        return self._product(np.asarray(v, dtype=np.float64))
+
+    def matvec(self, v) -> np.ndarray:
+        """∇²L(θ) v. ``v``: (dim,) or (dim, 1) → the same shape, float64.
+
+        Raises FloatingPointError if the product is not finite.
+        """
+        v = np.asarray(v)
+        if v.shape not in ((self.dim,), (self.dim, 1)):
+            raise ValueError(f"vector has shape {v.shape}, the operator acts on ({self.dim},) or ({self.dim}, 1)")
+        return self._apply(v.reshape(self.dim)).reshape(v.shape)
+
+    # LinearOperator hooks (matmat, @, rmatvec, adjoint, eigsh go through these).
+    def _matvec(self, x):
+        return self._apply(np.asarray(x).reshape(self.dim))
+
+    def _matmat(self, X):
+        X = np.asarray(X)
+        return np.stack([self._apply(X[:, k]) for k in range(X.shape[1])], axis=1)
+
+    _rmatvec = _matvec  # symmetric
+    _rmatmat = _matmat
+
+    def _adjoint(self):
+        return self
+
+    def _transpose(self):
+        return self
+
+    def __call__(self, v):
+        """``op(v)``: ``op @ v``, so for a vector the same as `matvec`."""
+        return self @ v
+
+    def __repr__(self) -> str:
+        return (f"<{self.dim}x{self.dim} HessianOperator of {self.model.name!r}: {self.num_examples} examples in "
+                f"{self.num_batches} batches, batch_norm={self.batch_norm!r}, compute {self.compute_dtype}>")
+
+    # -- loss and gradient ------------------------------------------------------------
+    def _parameters(self) -> np.ndarray:
+        return np.concatenate([np.asarray(var.numpy(), np.float64).ravel() for var in self._variables])
 
     def loss_and_gradient(self) -> tuple[float, np.ndarray]:
         """Full-data loss L(θ) (a float) and its gradient (dim,) float64."""

@@ -52,18 +52,26 @@ full reorthogonalization needs in any case.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
 
 import numpy as np
+import scipy.sparse
+from scipy.sparse.linalg import LinearOperator
 
 from .artifacts import atomic_write
 
 __all__ = ["LanczosResult", "lanczos", "start_vector", "tridiagonal_matrix"]
 
-Seed = Union[int, Sequence[int]]
+Seed = int | Sequence[int]
 Matvec = Callable[[np.ndarray], np.ndarray]
+#: What `lanczos` accepts as the operator: ``v -> A v``, a LinearOperator, or a matrix.
+Operator = Matvec | LinearOperator | np.ndarray | scipy.sparse.sparray | scipy.sparse.spmatrix
+
+#: A dense matrix is refused as not symmetric when max|A - A^T| exceeds this times max|A|
+#: (well above the rounding of products such as B @ B.T, far below any real asymmetry).
+SYMMETRY_TOL = 1e-10
 
 #: Default relative breakdown tolerance (see :func:`lanczos`).
 DEFAULT_BREAKDOWN_TOL = 1e-10
@@ -200,10 +208,45 @@ def _orthogonalize(w: np.ndarray, basis: np.ndarray, passes: int) -> tuple[np.nd
     return w, coefficients
 
 
+def _as_matvec(operator: Operator, dim: int | None) -> tuple[Matvec, int]:
+    """``(v -> A v, dim)`` of a matvec function (``dim`` required), a square
+    `scipy.sparse.linalg.LinearOperator` or a square symmetric real dense or
+    sparse matrix (``dim`` inferred; if given, it must agree)."""
+    if isinstance(operator, LinearOperator) or isinstance(operator, np.ndarray) or scipy.sparse.issparse(operator):
+        shape = tuple(operator.shape)
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"the operator must be square (n, n); got shape {shape}")
+        if dim is not None and dim != shape[0]:
+            raise ValueError(f"dim is {dim!r} but the operator has shape {shape}")
+        if shape[0] == 0:
+            raise ValueError("dim must be a positive int; the operator has shape (0, 0)")
+        if isinstance(operator, LinearOperator):
+            return operator.matvec, shape[0]
+        if np.iscomplexobj(operator) or not np.issubdtype(operator.dtype, np.number):
+            raise TypeError(f"the matrix must be real; got dtype {operator.dtype}")
+        # (np.asarray: an np.matrix times a vector would be a (1, n) matrix.)
+        matrix = operator.astype(np.float64) if scipy.sparse.issparse(operator) else np.asarray(operator, np.float64)
+        asymmetry = abs(matrix - matrix.T).max()
+        if asymmetry > SYMMETRY_TOL * abs(matrix).max():
+            raise ValueError(
+                f"the matrix is not symmetric (max |A - A^T| = {float(asymmetry):.3g}); "
+                "Lanczos needs a symmetric operator"
+            )
+        return (lambda v: matrix @ v), shape[0]
+    if callable(operator):
+        if dim is None:
+            raise TypeError("dim is required with a matvec function: lanczos(matvec, dim, num_steps)")
+        return operator, dim
+    raise TypeError(
+        "the operator must be a function v -> A v, a scipy.sparse.linalg.LinearOperator or a square matrix; "
+        f"got {type(operator).__name__}"
+    )
+
+
 def lanczos(
-    matvec: Matvec,
-    dim: int,
-    num_steps: int,
+    matvec: Operator,
+    dim: int | None = None,
+    num_steps: int | None = None,
     seed: Seed = 0,
     keep_vectors: bool = True,
     *,
@@ -216,12 +259,22 @@ def lanczos(
 
     Parameters
     ----------
-    matvec : callable
-        ``v -> A v`` for a symmetric operator ``A``: takes a float64 array of
-        shape (dim,) and returns a float64 array of shape (dim,). It receives
-        a copy of the Lanczos vector and may keep or modify it.
+    matvec : callable, LinearOperator or matrix
+        The symmetric operator ``A``, as one of:
+
+        - ``v -> A v``: takes a float64 array of shape (dim,) and returns a
+          float64 array of shape (dim,). It receives a copy of the Lanczos
+          vector and may keep or modify it;
+        - a square `scipy.sparse.linalg.LinearOperator` (its ``matvec``; e.g. a
+          `hessflow.hvp.HessianOperator`), ``dim`` inferred;
+        - a square, symmetric, real numpy array or scipy sparse matrix (used in
+          float64 as ``A @ v``), ``dim`` inferred.
+
+        The three give the same result bit for bit for the same products:
+        ``lanczos(a, num_steps=m)`` is ``lanczos(lambda v: a @ v, n, m)``.
     dim : int
-        Dimension of the operator.
+        Dimension of the operator; required with a function, optional (and
+        checked) otherwise.
     num_steps : int
         ``m``, the number of Lanczos steps, ``1 <= num_steps <= dim``.
         Exactly one ``matvec`` call per step.
@@ -270,8 +323,9 @@ def lanczos(
     FloatingPointError
         If ``matvec`` returns NaN or Inf (naming the step).
     ValueError, TypeError
-        For invalid arguments, a wrongly shaped or typed ``matvec`` output, or
-        a state file from a different run.
+        For invalid arguments (a non-square or non-symmetric matrix, a ``dim``
+        that disagrees with the operator's shape, no ``num_steps``), a wrongly
+        shaped or typed ``matvec`` output, or a state file from a different run.
 
     References
     ----------
@@ -279,6 +333,9 @@ def lanczos(
     B. Ghorbani, S. Krishnan and Y. Xiao, "An Investigation into Neural Net
     Optimization via Hessian Eigenvalue Density", ICML 2019.
     """
+    matvec, dim = _as_matvec(matvec, dim)
+    if num_steps is None:
+        raise TypeError("num_steps is required: lanczos(operator, num_steps=m) or lanczos(matvec, dim, m)")
     return _lanczos(
         matvec,
         dim,

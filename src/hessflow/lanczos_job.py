@@ -5,16 +5,8 @@ job it starts one process per worker (`launch_workers`: through ``srun``
 inside a Slurm allocation, else as local processes with a ``TF_CONFIG`` on
 127.0.0.1), each of which runs ``python -m hessflow.lanczos_job SPEC.json``.
 Every worker computes the same Lanczos recurrence on the all-reduced
-Hessian-vector products; only the chief writes artifacts. The job spec is a
-plain JSON-able dict:
-
-    checkpoint, images, labels          input paths (.weights.h5, uint8 NHWC .npy, int64 .npy)
-    model: {architecture, options}      as in the config
-    hessian: {batch_size, batch_norm, dtype, max_examples}
-    weight_decay, num_steps, save_every, run_seed, step, draw
-    strategy, workers                   `hessflow.distribute.STRATEGIES`, replicas per worker
-    state_file                          resumable Lanczos state (undeclared, beside outputs)
-    outputs: {tridiag, provenance, vectors (optional)}
+Hessian-vector products; only the chief writes artifacts. The job is
+described by a `LanczosJobSpec`, written as JSON for the workers.
 """
 
 from __future__ import annotations
@@ -26,9 +18,62 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-__all__ = ["run_lanczos_job", "launch_workers", "local_cluster"]
+__all__ = ["LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster"]
+
+
+@dataclass(frozen=True)
+class LanczosJobSpec:
+    """Everything one Lanczos job computes with: inputs, the operator's definition, outputs.
+
+    Attributes:
+        checkpoint: the ``.weights.h5`` file of the checkpoint.
+        images, labels: the training x and y ``.npy`` files (as the data factory returned them).
+        card: the data card (JSON) the model is built from (``hessflow.factories.build_model``).
+        model: ``{"factory", "options"}`` as in the config.
+        objective: ``{"loss": {"name", "options"}, "weight_decay", "preprocess"}``.
+        hessian: ``{"batch_size", "batch_norm", "dtype", "max_examples"}`` as in the config.
+        num_steps, save_every: Lanczos steps, and how often the resumable state is saved.
+        run_seed, step, draw: the start vector is seeded by ``(run_seed, step, draw)``.
+        strategy, workers: ``hessflow.distribute.STRATEGIES`` and replicas per worker.
+        state_file: the resumable Lanczos state (undeclared, beside the outputs).
+        outputs: ``{"tridiag", "provenance", "vectors" (optional)}`` paths.
+    """
+
+    checkpoint: str
+    images: str
+    labels: str
+    card: str
+    model: dict
+    objective: dict
+    hessian: dict
+    num_steps: int
+    save_every: int
+    run_seed: int
+    step: int
+    draw: int
+    state_file: str
+    outputs: dict
+    strategy: str = "default"
+    workers: int = 1
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> LanczosJobSpec:
+        """A spec from its JSON form; unknown or missing keys are named."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec) - names)
+        if unknown:
+            raise ValueError(f"Lanczos job spec: unknown keys {unknown}; known: {sorted(names)}")
+        try:
+            return cls(**spec)
+        except TypeError as error:
+            raise ValueError(f"Lanczos job spec: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _progress_logger(log, start: float):
@@ -40,68 +85,73 @@ def _progress_logger(log, start: float):
     return report
 
 
-def run_lanczos_job(spec: dict, log=print) -> dict | None:
+def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     """Run the job ``spec`` in this process; returns the provenance on the chief, else None."""
+    if isinstance(spec, dict):
+        spec = LanczosJobSpec.from_dict(spec)
     # The strategy must exist before TensorFlow initializes its devices.
     from hessflow import distribute
 
-    strategy = distribute.make_strategy(spec["strategy"], spec["workers"])
+    strategy = distribute.make_strategy(spec.strategy, spec.workers)
 
     import keras
     import numpy as np
     import tensorflow as tf
 
     import hessflow
-    from hessflow import artifacts, data, models, training
+    from hessflow import artifacts, checkpoints, data, factories, objectives
     from hessflow.hvp import HessianOperator
     from hessflow.lanczos import lanczos
 
     start = time.perf_counter()
-    hessian = spec["hessian"]
-    images, labels = np.load(spec["images"]), np.load(spec["labels"])
+    hessian, objective = spec.hessian, spec.objective
+    x, y = np.load(spec.images), np.load(spec.labels)
     if hessian["max_examples"] is not None:
-        images, labels = images[: hessian["max_examples"]], labels[: hessian["max_examples"]]
-    model = models.build_model(
-        spec["model"]["architecture"],
-        input_shape=images.shape[1:],
-        num_classes=int(labels.max()) + 1,
-        seed=spec["run_seed"],
-        dtype=hessian["dtype"],
-        **spec["model"]["options"],
+        x, y = x[: hessian["max_examples"]], y[: hessian["max_examples"]]
+    # From the data card, never from the labels at hand (a truncated set may miss classes).
+    card = json.loads(Path(spec.card).read_text())
+    model = factories.build_model(
+        spec.model["factory"], spec.model["options"], card=card, dtype=hessian["dtype"], seed=spec.run_seed
     )
-    training.load_checkpoint(model, spec["checkpoint"])
-    checksum = training.weights_checksum(model)
+    checkpoints.load_checkpoint(model, spec.checkpoint)
+    checksum = checkpoints.weights_checksum(model)
     distribute.check_same_weights(strategy, checksum)
+    to_inputs = data.resolve_preprocess(objective["preprocess"], x[:1])
     operator = HessianOperator(
         model,
-        data.fixed_batches(data.standardize_per_image(images, dtype=np.dtype(hessian["dtype"])), labels,
-                           hessian["batch_size"]),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weight_decay=spec["weight_decay"],
+        data.fixed_batches(to_inputs(x, hessian["dtype"]), y, hessian["batch_size"]),
+        loss=objectives.make_loss(objective["loss"]["name"], objective["loss"].get("options")),
+        weight_decay=objective["weight_decay"],
         batch_norm=hessian["batch_norm"],
         dtype=hessian["dtype"],
         strategy=strategy,
     )
-    loss, gradient = operator.loss_and_gradient()
-    step, draw = spec["step"], spec["draw"]
+    try:
+        loss, gradient = operator.loss_and_gradient()
+    except FloatingPointError as error:
+        raise FloatingPointError(
+            f"checkpoint {spec.checkpoint}: {error}. The training run diverged before this step (see the "
+            "train log and train/history.csv): lower training.learning_rate, or drop the step from spectrum.steps"
+        ) from None
+    step, draw = spec.step, spec.draw
     log(f"step {step}, draw {draw}: n = {operator.dim:,} parameters, {operator.num_examples:,} examples in "
-        f"{operator.num_batches} batches over {operator.num_replicas} replica(s) ({spec['strategy']}); "
+        f"{operator.num_batches} batches over {operator.num_replicas} replica(s) ({spec.strategy}); "
         f"loss {loss:.6g}, gradient norm {np.linalg.norm(gradient):.6g}")
 
     chief = distribute.is_chief(strategy)
-    state_file = spec["state_file"] if chief else f"{spec['state_file']}.{distribute.task_description().replace(' ', '_')}"
+    state_file = spec.state_file if chief else f"{spec.state_file}.{distribute.task_description().replace(' ', '_')}"
     if os.path.exists(state_file):
         log(f"found resumable state {state_file}")
     lanczos_start = time.perf_counter()
-    seed = (spec["run_seed"], step, draw)
+    seed = (spec.run_seed, step, draw)
     result = lanczos(
         operator.matvec,
         operator.dim,
-        spec["num_steps"],
+        spec.num_steps,
         seed=seed,
-        keep_vectors="vectors" in spec["outputs"],
+        keep_vectors="vectors" in spec.outputs,
         state_file=state_file,
-        save_every=spec["save_every"],
+        save_every=spec.save_every,
         progress=_progress_logger(log, lanczos_start),
     )
     if result.resumed_from is not None:
@@ -113,7 +163,7 @@ def run_lanczos_job(spec: dict, log=print) -> dict | None:
             os.remove(state_file)
         return None
 
-    outputs = spec["outputs"]
+    outputs = spec.outputs
     artifacts.save_npy(outputs["tridiag"], result.tridiag)
     if "vectors" in outputs:
         artifacts.save_npy(outputs["vectors"], result.vectors)
@@ -122,7 +172,7 @@ def run_lanczos_job(spec: dict, log=print) -> dict | None:
         "draw": draw,
         "seed": list(seed),
         "num_steps": int(result.tridiag.shape[0]),
-        "requested_steps": spec["num_steps"],
+        "requested_steps": spec.num_steps,
         "stopped_early": bool(result.stopped_early),
         "resumed_from": result.resumed_from,
         "dim": operator.dim,
@@ -130,12 +180,19 @@ def run_lanczos_job(spec: dict, log=print) -> dict | None:
         "batch_size": hessian["batch_size"],
         "batch_norm": hessian["batch_norm"],
         "dtype": hessian["dtype"],
-        "weight_decay": spec["weight_decay"],
-        "strategy": spec["strategy"],
+        "weight_decay": objective["weight_decay"],
+        "loss_function": objective["loss"],
+        "preprocess": objective["preprocess"],
+        "model": spec.model,
+        "strategy": spec.strategy,
         "replicas": operator.num_replicas,
+        # TensorFlow's intra-op pool as the job set it (hessflow.jobs: the rule's threads); a worker
+        # process inherits it as TF_NUM_INTRAOP_THREADS; 0: TensorFlow's default, every core.
+        "threads": (tf.config.threading.get_intra_op_parallelism_threads()
+                    or int(os.environ.get("TF_NUM_INTRAOP_THREADS", 0))),
         "loss": loss,
         "gradient_norm": float(np.linalg.norm(gradient)),
-        "checkpoint": spec["checkpoint"],
+        "checkpoint": spec.checkpoint,
         "weights_sha256": checksum,
         "wall_seconds": time.perf_counter() - start,
         "lanczos_seconds": time.perf_counter() - lanczos_start,
@@ -213,7 +270,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m hessflow.lanczos_job SPEC.json", file=sys.stderr)
         return 2
-    spec = json.loads(Path(argv[0]).read_text())
+    spec = LanczosJobSpec.from_dict(json.loads(Path(argv[0]).read_text()))
     from hessflow.distribute import WeightsMismatchError
 
     try:

@@ -20,7 +20,7 @@ Conventions shared by every builder:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -40,6 +40,7 @@ _DECAYED_KERNEL_LAYERS = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
+    keras.layers.EinsumDense,  # the query/key/value/output projections of MultiHeadAttention
 )
 
 
@@ -316,17 +317,16 @@ def count_trainable(model: keras.Model) -> int:
 
 
 def _iter_layers(model: keras.Model):
-    """All layers, descending into nested models."""
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _iter_layers(layer)
+    """All layers, descending into nested models and into layers made of layers (the
+    projections inside ``MultiHeadAttention``, say)."""
+    yield from model._flatten_layers(include_self=False, recursive=True)
 
 
 def decayed_variable_mask(model: keras.Model) -> list[bool]:
     """Which trainable variables weight decay applies to, aligned with
-    ``model.trainable_variables``: True for convolution and dense kernels, False for biases and
-    batch-norm gamma/beta (the paper code decayed exactly its ``DW`` kernel variables).
+    ``model.trainable_variables``: True for convolution and dense kernels (``EinsumDense`` ones
+    included, as in attention layers), False for biases, embeddings and normalization
+    gamma/beta (the paper code decayed exactly its ``DW`` kernel variables).
 
     The objective is cross-entropy + (weight_decay / 2) * sum of ||kernel||^2 over the True
     entries; the Hessian gains weight_decay * I on their coordinates.

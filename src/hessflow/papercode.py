@@ -117,7 +117,9 @@ def load_paper_draws(paths: Sequence[str | os.PathLike]) -> PaperDraws:
         except FileNotFoundError:
             continue
         if vectors.ndim != 2 or vectors.shape[1] != draws[0].shape[0]:
-            raise ValueError(f"{vectors_file}: expected (n, {draws[0].shape[0]}) Lanczos vectors; got shape {vectors.shape}")
+            raise ValueError(
+                f"{vectors_file}: expected (n, {draws[0].shape[0]}) Lanczos vectors; got shape {vectors.shape}"
+            )
         dims.add(int(vectors.shape[0]))
     sizes = {t.shape[0] for t in tridiags}
     if len(sizes) != 1:
@@ -128,7 +130,11 @@ def load_paper_draws(paths: Sequence[str | os.PathLike]) -> PaperDraws:
 
 
 def render_paper_draws(
-    draws: PaperDraws, out: str | os.PathLike, density_config: Mapping = PAPER_DENSITY, dim: int | None = None, title_step: int = 0
+    draws: PaperDraws,
+    out: str | os.PathLike,
+    density_config: Mapping = PAPER_DENSITY,
+    dim: int | None = None,
+    title_step: int = 0,
 ) -> list[Path]:
     """Write ``tridiags.npy``, ``ritz_values.npy``, ``ritz_weights.npy``, ``density.npy``,
     ``stats.json`` and ``density.png`` of imported draws into ``out``, as the workflow does for
@@ -158,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Import tridiag_<k>/lanczos_vec_<k> files of the paper's TF1 code (google/spectral-density) "
         "and write hessflow's tridiags.npy, Ritz arrays, density.npy, stats.json and a figure.",
     )
-    parser.add_argument("paths", nargs="+", help="folders holding tridiag_<k> (one per draw or job), or tridiag_<k> files")
+    parser.add_argument(
+        "paths", nargs="+", help="folders holding tridiag_<k> (one per draw or job), or tridiag_<k> files"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--dim", type=int, help="the dimension n, when no lanczos_vec_<k> file is at hand")
     parser.add_argument("--step", type=int, default=0, help="checkpoint step, for the figure's title")

@@ -311,7 +311,7 @@ def _draw_negative_mass(ax: Axes, summary: pd.DataFrame) -> None:
     )
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel("negative mass")
-    if "test_accuracy" in summary.columns:
+    if "test_accuracy" in summary.columns and summary["test_accuracy"].notna().any():
         accuracy_ax = ax.twinx()
         accuracy_ax.set_label("test_accuracy")
         handles += accuracy_ax.plot(

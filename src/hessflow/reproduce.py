@@ -24,13 +24,14 @@ Command line (also installed as ``hessflow-reproduce``)::
 3. Compares every rebuilt file with the manifest's sha256 and says which are identical; with
    ``--strict`` a difference exits 3.
 
-Imports numpy, scipy, pandas and matplotlib only (the ``analysis`` extra): never TensorFlow.
+Imports numpy, scipy, pandas and matplotlib only (the base install): never TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tarfile
@@ -44,6 +45,7 @@ import pandas as pd
 
 from hessflow import artifacts
 from hessflow.density import density_from_ritz, ritz, summarize
+from hessflow.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, RunLayout
 from hessflow.plots import density_figure, save_figure, trajectory_figure
 
 __all__ = [
@@ -67,10 +69,8 @@ __all__ = [
     "verify_run",
 ]
 
-#: The resolved config inside a run folder (written by the workflow's ``resolved_config`` rule).
-CONFIG_FILE = "config.json"
-#: What an export archive left out on purpose (written by the ``export`` rule).
-EXPORT_FILE = "export.json"
+#: Paths relative to a run folder (``CONFIG_FILE``, ``EXPORT_FILE`` too come from hessflow.layout).
+RELATIVE = RunLayout()
 #: Resolution of the figures (the render rules' ``dpi`` param; the tests check they agree).
 FIGURE_DPI = 150
 
@@ -139,7 +139,8 @@ def density_and_stats(
 
 
 def summary_row(step: int, stats: Mapping, evaluation: Mapping, provenance: Mapping) -> dict:
-    """One row of ``summary.csv``: the spectrum statistics, loss and gradient, accuracies."""
+    """One row of ``summary.csv``: the spectrum statistics, loss and gradient, accuracies
+    (NaN where the task is not classification)."""
     return {
         "step": step,
         **{key: stats[key] for key in SUMMARY_SPECTRUM_COLUMNS},
@@ -149,9 +150,9 @@ def summary_row(step: int, stats: Mapping, evaluation: Mapping, provenance: Mapp
         "hessian_loss": provenance["loss"],
         "gradient_norm": provenance["gradient_norm"],
         "train_loss": evaluation["train_loss"],
-        "train_accuracy": evaluation["train_accuracy"],
+        "train_accuracy": evaluation.get("train_accuracy", math.nan),
         "test_loss": evaluation["test_loss"],
-        "test_accuracy": evaluation["test_accuracy"],
+        "test_accuracy": evaluation.get("test_accuracy", math.nan),
     }
 
 
@@ -185,24 +186,12 @@ def analysed_steps(config: Mapping) -> list[int]:
 # ------------------------------------------------------------------------------------------------
 # a run folder: what the rebuild reads, verification, rebuild
 # ------------------------------------------------------------------------------------------------
-def _tridiag(step: int, draw: int) -> str:
-    return f"lanczos/step_{step}/tridiag_{draw}.npy"
-
-
-def _provenance(step: int) -> str:
-    return f"lanczos/step_{step}/provenance_0.json"
-
-
-def _evaluation(step: int) -> str:
-    return f"evaluation/step_{step}.json"
-
-
 def required_inputs(config: Mapping) -> list[str]:
     """Paths (relative to the run folder) a rebuild reads; each must be listed in the manifest."""
     paths = [CONFIG_FILE]
     for step in analysed_steps(config):
-        paths += [_tridiag(step, draw) for draw in range(config["lanczos"]["draws"])]
-        paths += [_provenance(step), _evaluation(step)]
+        paths += [RELATIVE.tridiag(step, draw) for draw in range(config["lanczos"]["draws"])]
+        paths += [RELATIVE.provenance(step, 0), RELATIVE.evaluation(step)]
     return paths
 
 
@@ -210,10 +199,9 @@ def rebuilt_outputs(config: Mapping) -> list[str]:
     """Paths (relative to the run folder) a rebuild writes."""
     paths = []
     for step in analysed_steps(config):
-        base = f"spectrum/step_{step}"
-        paths += [f"{base}/{name}" for name in ("tridiags.npy", "ritz_values.npy", "ritz_weights.npy", "density.npy", "stats.json")]
-        paths.append(f"figures/density_step_{step}.png")
-    return paths + ["summary.csv", "figures/trajectory.png"]
+        paths += RELATIVE.spectrum_files(step).values()
+        paths.append(RELATIVE.density_figure(step))
+    return paths + [RELATIVE.summary, RELATIVE.trajectory_figure]
 
 
 @dataclass
@@ -241,9 +229,9 @@ def verify_run(root: str | os.PathLike) -> Verification:
     """
     root = Path(root)
     result = Verification(root=root)
-    manifest = root / "manifest.tsv"
+    manifest = root / MANIFEST_FILE
     if not manifest.is_file():
-        result.problems.append(f"missing: manifest.tsv (in {root})")
+        result.problems.append(f"missing: {MANIFEST_FILE} (in {root})")
         return result
     try:
         rows = artifacts.read_manifest(manifest)
@@ -292,33 +280,35 @@ def rebuild(root: str | os.PathLike, out: str | os.PathLike, config: Mapping) ->
     Reads only :func:`required_inputs`; call :func:`verify_run` first. Returns the relative
     paths written (:func:`rebuilt_outputs`).
     """
-    root, out = Path(root), Path(out)
+    source, target = RunLayout(Path(root).as_posix()), RunLayout(Path(out).as_posix())
     steps = analysed_steps(config)
     draws = range(config["lanczos"]["draws"])
     rows, density_arrays = [], []
     for step in steps:
-        base = out / f"spectrum/step_{step}"
-        base.mkdir(parents=True, exist_ok=True)
-        stacked, values, weights = aggregate([np.load(root / _tridiag(step, draw)) for draw in draws])
-        artifacts.save_npy(base / "tridiags.npy", stacked)
-        artifacts.save_npy(base / "ritz_values.npy", values)
-        artifacts.save_npy(base / "ritz_weights.npy", weights)
-        provenance = _load_json(root / _provenance(step))
+        files = target.spectrum_files(step)
+        Path(files["tridiags"]).parent.mkdir(parents=True, exist_ok=True)
+        stacked, values, weights = aggregate([np.load(source.tridiag(step, draw)) for draw in draws])
+        artifacts.save_npy(files["tridiags"], stacked)
+        artifacts.save_npy(files["ritz_values"], values)
+        artifacts.save_npy(files["ritz_weights"], weights)
+        provenance = _load_json(Path(source.provenance(step, 0)))
         density_array, stats = density_and_stats(values, weights, provenance["dim"], config["density"])
-        artifacts.save_npy(base / "density.npy", density_array)
-        artifacts.save_json(base / "stats.json", stats)
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        save_figure(density_step_figure(density_array, stats, step), out / f"figures/density_step_{step}.png", dpi=FIGURE_DPI)
-        rows.append(summary_row(step, stats, _load_json(root / _evaluation(step)), provenance))
+        artifacts.save_npy(files["density"], density_array)
+        artifacts.save_json(files["stats"], stats)
+        Path(target.density_figure(step)).parent.mkdir(parents=True, exist_ok=True)
+        save_figure(density_step_figure(density_array, stats, step), target.density_figure(step), dpi=FIGURE_DPI)
+        rows.append(summary_row(step, stats, _load_json(Path(source.evaluation(step))), provenance))
         density_arrays.append(density_array)
-    artifacts.save_text(out / "summary.csv", summary_table(rows).to_csv(index=False))
-    save_figure(trajectory_run_figure(steps, density_arrays, out / "summary.csv"), out / "figures/trajectory.png", dpi=FIGURE_DPI)
+    artifacts.save_text(target.summary, summary_table(rows).to_csv(index=False))
+    save_figure(trajectory_run_figure(steps, density_arrays, target.summary), target.trajectory_figure, dpi=FIGURE_DPI)
     return rebuilt_outputs(config)
 
 
-def compare_with_manifest(root: str | os.PathLike, out: str | os.PathLike, written: Sequence[str]) -> tuple[list[str], list[str]]:
+def compare_with_manifest(
+    root: str | os.PathLike, out: str | os.PathLike, written: Sequence[str]
+) -> tuple[list[str], list[str]]:
     """``(identical, different)``: rebuilt files whose sha256 equals / differs from the manifest's."""
-    recorded = {row["path"]: row["sha256"] for row in artifacts.read_manifest(Path(root) / "manifest.tsv")}
+    recorded = {row["path"]: row["sha256"] for row in artifacts.read_manifest(Path(root) / MANIFEST_FILE)}
     identical, different = [], []
     for path in written:
         same = recorded.get(path) == artifacts.sha256_file(Path(out) / path)
@@ -358,7 +348,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Verify a hessflow run against its manifest.tsv and rebuild its aggregation, densities, "
         "statistics, summary and figures from the tridiagonals alone (no TensorFlow).",
     )
-    parser.add_argument("run", help="a run folder (results/{run_name}) or an export archive (results/{run_name}.tar.gz)")
+    parser.add_argument(
+        "run", help="a run folder (results/{run_name}) or an export archive (results/{run_name}.tar.gz)"
+    )
     parser.add_argument("--out", help="where to rebuild (default: reproduced/{run_name})")
     parser.add_argument("--strict", action="store_true", help="exit 3 if a rebuilt file differs from the original")
     return parser
@@ -378,10 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         verification = verify_run(root)
         if verification.not_shipped:
-            print(f"{len(verification.not_shipped)} files not shipped (left out by the export, listed in {EXPORT_FILE}); "
-                  "the rebuild does not need them")
+            print(f"{len(verification.not_shipped)} files not shipped "
+                  f"(left out by the export, listed in {EXPORT_FILE}); the rebuild does not need them")
         if not verification.ok:
-            print(f"hessflow-reproduce: {source}: {len(verification.problems)} problem(s); nothing rebuilt:", file=sys.stderr)
+            print(f"hessflow-reproduce: {source}: {len(verification.problems)} problem(s); nothing rebuilt:",
+                  file=sys.stderr)
             for problem in verification.problems:
                 print(f"  {problem}", file=sys.stderr)
             return 1
@@ -390,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else Path("reproduced") / config["run_name"]
         written = rebuild(root, out, config)
         identical, different = compare_with_manifest(root, out, written)
-        print(f"rebuilt {len(written)} files in {out}: {len(identical)} identical to the originals, {len(different)} different")
+        print(f"rebuilt {len(written)} files in {out}: {len(identical)} identical to the originals, "
+              f"{len(different)} different")
         for path in different:
             print(f"  differs: {path}")
     return 3 if args.strict and different else 0

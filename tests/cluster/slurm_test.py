@@ -146,7 +146,8 @@ SchedulerType=sched/backfill
 MinJobAge=300
 KillWait=5
 InactiveLimit=0
-NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={self.host} CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
+NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={self.host} CPUs={self.cpus} \
+RealMemory={self.memory_mb} State=UNKNOWN
 PartitionName=hessflow Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """
         )

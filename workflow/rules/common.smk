@@ -2,12 +2,30 @@
 # reaches it through `params`, so Snakemake's params trigger reruns exactly
 # what a config change affects.
 
-import os
+import sys
+
+# The run folder's paths come from hessflow.layout, the one place that spells them (shared with
+# the Lanczos job and hessflow-reproduce); imported from this checkout, as the scripts do.
+sys.path.insert(0, workflow.current_basedir.join("../../src").get_path_or_uri(secret_free=True))
+import hessflow
+from hessflow.factories import DATA_ALIASES, MODEL_ALIASES, check_importable
+from hessflow.layout import RunLayout
+
+# The package the jobs import must be the one this workflow was written for: the artifacts'
+# formats and the config keys belong to one version. From a checkout both are the checkout's;
+# used as a module of your project (hessflow installed with pip), they can differ.
+with open(workflow.source_path("../../pyproject.toml"), encoding="utf-8") as _pyproject:
+    WORKFLOW_VERSION = hessflow.pyproject_version(_pyproject.read())
+if WORKFLOW_VERSION != hessflow.__version__:
+    raise WorkflowError(
+        f"hessflow: this workflow is version {WORKFLOW_VERSION} but the installed hessflow is "
+        f"{hessflow.__version__} ({hessflow.__file__}); install the matching one: "
+        f"pip install 'hessflow[workflow]=={WORKFLOW_VERSION}' (or pip install -e '.[workflow]' in a "
+        f"checkout of v{WORKFLOW_VERSION}), or point the module at the workflow of v{hessflow.__version__}"
+    )
 
 RUN = config["run_name"]
-RESULTS = f"results/{RUN}"
-LOGS = f"{RESULTS}/logs"
-BENCHMARKS = f"{RESULTS}/benchmarks"
+LAYOUT = RunLayout.for_run(RUN)
 # Two lists of checkpoint steps: the ones training saves (changing it reruns
 # training) and the ones analysed (Lanczos, densities, summary, figures), a
 # subset; adding a saved step to the analysis runs no training job.
@@ -28,6 +46,16 @@ if _unsaved:
         f"{TRAIN_STEPS}, so no checkpoint is saved there; add it to training.checkpoint_steps "
         f"(which retrains) or drop it from spectrum.steps"
     )
+# Your own factories: a module that cannot be found fails here, before any job runs (the
+# function itself is checked when the first job imports it).
+for _key, _reference, _aliases in [
+    ("model.factory", config["model"]["factory"], MODEL_ALIASES),
+    ("data.factory", config["data"]["factory"], DATA_ALIASES),
+    ("loss.name", config["loss"]["name"], None),
+    ("data.preprocess", config["data"]["preprocess"], None),
+]:
+    if ":" in _reference or (_aliases is not None and _reference not in _aliases):
+        check_importable(_reference, _key, _aliases)
 if config["lanczos"]["strategy"] == "default" and config["lanczos"]["workers"] != 1:
     raise ValueError(
         f"config lanczos.workers is {config['lanczos']['workers']} but lanczos.strategy is default (one "
@@ -41,42 +69,58 @@ wildcard_constraints:
 
 
 def checkpoint_file(step):
-    return f"{RESULTS}/checkpoints/step_{step}.weights.h5"
+    return LAYOUT.checkpoint(step)
 
 
 def data_files(split):
-    return {
-        "images": f"{RESULTS}/data/{split}_images.npy",
-        "labels": f"{RESULTS}/data/{split}_labels.npy",
-    }
+    return LAYOUT.data_files(split)
 
 
 def model_params():
-    return {"architecture": config["model"]["architecture"], "options": config["model"]["options"]}
+    """The model factory and its options (``model.*``), as every TensorFlow rule passes them."""
+    return {"factory": config["model"]["factory"], "options": config["model"]["options"]}
 
 
-def spectrum_files(step):
-    base = f"{RESULTS}/spectrum/step_{step}"
+def objective_params():
+    """What defines the objective besides the model: loss, weight decay, preprocessing."""
     return {
-        "tridiags": f"{base}/tridiags.npy",
-        "ritz_values": f"{base}/ritz_values.npy",
-        "ritz_weights": f"{base}/ritz_weights.npy",
-        "density": f"{base}/density.npy",
-        "stats": f"{base}/stats.json",
+        "loss": config["loss"],
+        "weight_decay": config["training"]["weight_decay"],
+        "preprocess": config["data"]["preprocess"],
     }
 
 
+def uses_cifar10():
+    return config["data"]["factory"] in ("cifar10", "hessflow.data:cifar10")
+
+
+def spectrum_files(step):
+    return LAYOUT.spectrum_files(step)
+
+
 def lanczos_files(step, draw):
-    base = f"{RESULTS}/lanczos/step_{step}"
-    files = {"tridiag": f"{base}/tridiag_{draw}.npy", "provenance": f"{base}/provenance_{draw}.json"}
-    if SAVE_VECTORS:
-        files["vectors"] = f"{base}/lanczos_vec_{draw}.npy"
-    return files
+    return LAYOUT.lanczos_files(step, draw, SAVE_VECTORS)
 
 
 def run_config_file():
     """The resolved config (defaults filled), beside the results it produced."""
-    return f"{RESULTS}/config.json"
+    return LAYOUT.config
+
+
+def log_file(name):
+    """A job's log, ``logs/{name}.log`` of the run folder (wildcards pass through)."""
+    return LAYOUT.log(name)
+
+
+def benchmark_file(name):
+    """A job's Snakemake benchmark, ``benchmarks/{name}.tsv`` of the run folder."""
+    return LAYOUT.benchmark(name)
+
+
+def rule_threads(rule):
+    """Threads of a TensorFlow rule (config ``resources.<rule>.threads``); the job sizes
+    TensorFlow's thread pools to them (hessflow.jobs)."""
+    return config["resources"][rule]["threads"]
 
 
 def artifacts():
@@ -85,15 +129,15 @@ def artifacts():
     Each saved checkpoint is evaluated (cheap), so analysing another one needs no TensorFlow
     job but its Lanczos draws.
     """
-    files = [*data_files("train").values(), *data_files("test").values(), f"{RESULTS}/data/dataset.json"]
-    files += [checkpoint_file(step) for step in TRAIN_STEPS] + [f"{RESULTS}/train/history.csv"]
-    files += [f"{RESULTS}/evaluation/step_{step}.json" for step in TRAIN_STEPS]
+    files = [*data_files("train").values(), *data_files("test").values(), LAYOUT.dataset_card]
+    files += [checkpoint_file(step) for step in TRAIN_STEPS] + [LAYOUT.history]
+    files += [LAYOUT.evaluation(step) for step in TRAIN_STEPS]
     for step in STEPS:
         for draw in DRAWS:
             files += lanczos_files(step, draw).values()
         files += spectrum_files(step).values()
-        files.append(f"{RESULTS}/figures/density_step_{step}.png")
-    files += [f"{RESULTS}/summary.csv", f"{RESULTS}/figures/trajectory.png", run_config_file()]
+        files.append(LAYOUT.density_figure(step))
+    files += [LAYOUT.summary, LAYOUT.trajectory_figure, run_config_file()]
     return files
 
 
@@ -111,8 +155,8 @@ def exported_artifacts():
 
 def export_left_out():
     """What the export leaves out, relative to the run folder (recorded in the archive)."""
-    return sorted(os.path.relpath(path, RESULTS) for path in set(artifacts()) - set(exported_artifacts()))
+    return sorted(LAYOUT.relative(path) for path in set(artifacts()) - set(exported_artifacts()))
 
 
 def final_outputs():
-    return artifacts() + [f"{RESULTS}/manifest.tsv"]
+    return artifacts() + [LAYOUT.manifest]

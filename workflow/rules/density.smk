@@ -1,14 +1,14 @@
 rule aggregate:
     input:
-        tridiags=expand(f"{RESULTS}/lanczos/step_{{{{step}}}}/tridiag_{{draw}}.npy", draw=DRAWS),
+        tridiags=[LAYOUT.tridiag("{step}", draw) for draw in DRAWS],
     output:
         tridiags=spectrum_files("{step}")["tridiags"],
         ritz_values=spectrum_files("{step}")["ritz_values"],
         ritz_weights=spectrum_files("{step}")["ritz_weights"],
     log:
-        f"{LOGS}/aggregate/step_{{step}}.log",
+        log_file("aggregate/step_{step}"),
     benchmark:
-        f"{BENCHMARKS}/aggregate/step_{{step}}.tsv"
+        benchmark_file("aggregate/step_{step}")
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -19,18 +19,18 @@ rule density:
     input:
         ritz_values=spectrum_files("{step}")["ritz_values"],
         ritz_weights=spectrum_files("{step}")["ritz_weights"],
-        provenance=f"{RESULTS}/lanczos/step_{{step}}/provenance_0.json",
+        provenance=LAYOUT.provenance("{step}", 0),
     output:
         density=spectrum_files("{step}")["density"],
         stats=spectrum_files("{step}")["stats"],
-    params:
-        density=config["density"],
     log:
-        f"{LOGS}/density/step_{{step}}.log",
+        log_file("density/step_{step}"),
     benchmark:
-        f"{BENCHMARKS}/density/step_{{step}}.tsv"
+        benchmark_file("density/step_{step}")
     conda:
         "../../envs/analysis.yaml"
+    params:
+        density=config["density"],
     script:
         "../../scripts/density.py"
 
@@ -38,22 +38,22 @@ rule density:
 rule summarize:
     input:
         stats=[spectrum_files(step)["stats"] for step in STEPS],
-        evaluations=[f"{RESULTS}/evaluation/step_{step}.json" for step in STEPS],
-        provenance=[f"{RESULTS}/lanczos/step_{step}/provenance_0.json" for step in STEPS],
+        evaluations=[LAYOUT.evaluation(step) for step in STEPS],
+        provenance=[LAYOUT.provenance(step, 0) for step in STEPS],
         history=rules.train.output.history,
     output:
         report(
-            f"{RESULTS}/summary.csv",
+            LAYOUT.summary,
             caption="../report/summary.rst",
             category="Summary",
         ),
-    params:
-        steps=STEPS,
     log:
-        f"{LOGS}/summarize.log",
+        log_file("summarize"),
     benchmark:
-        f"{BENCHMARKS}/summarize.tsv"
+        benchmark_file("summarize")
     conda:
         "../../envs/analysis.yaml"
+    params:
+        steps=STEPS,
     script:
         "../../scripts/summarize.py"

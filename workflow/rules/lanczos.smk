@@ -7,23 +7,23 @@ MULTI_WORKER = config["lanczos"]["strategy"] == "multi_worker" and config["lancz
 
 rule lanczos:
     input:
-        checkpoint=checkpoint_file("{step}"),
         **data_files("train"),
+        checkpoint=checkpoint_file("{step}"),
+        card=LAYOUT.dataset_card,
+    # Preemption: the job keeps its resumable state beside these outputs, undeclared (so that
+    # Snakemake does not delete it with an incomplete job's outputs), at the path that
+    # hessflow.layout derives from the tridiag output: under a module's prefix too.
     output:
         **lanczos_files("{step}", "{draw}"),
-    params:
-        model=model_params(),
-        hessian=config["hessian"],
-        weight_decay=config["training"]["weight_decay"],
-        num_steps=config["lanczos"]["steps"],
-        save_every=config["lanczos"]["save_every"],
-        seed=config["seed"],
-        strategy=config["lanczos"]["strategy"],
-        workers=config["lanczos"]["workers"],
-        # Preemption: the resumable state lives beside the outputs, undeclared,
-        # so Snakemake does not delete it with an incomplete job's outputs.
-        state_file=f"{RESULTS}/lanczos/step_{{step}}/.state_{{draw}}.npz",
+    log:
+        log_file("lanczos/step_{step}_draw_{draw}"),
+    benchmark:
+        benchmark_file("lanczos/step_{step}_draw_{draw}")
+    conda:
+        "../../envs/hessflow.yaml"
+    threads: rule_threads("lanczos")
     resources:
+        **({"mpi": "srun"} if MULTI_WORKER else {}),
         gpu=config["resources"]["lanczos"]["gpu"],
         # Retries (the SLURM profile's `retries: 2`) ask for 1x, 2x, 3x the configured values.
         runtime=lambda wildcards, attempt: config["resources"]["lanczos"]["runtime"] * attempt,
@@ -32,12 +32,14 @@ rule lanczos:
         # through srun (the SLURM executor's `mpi` resource; the profile's
         # tasks_per_gpu: 1 makes that one worker per GPU).
         tasks=config["lanczos"]["workers"] if MULTI_WORKER else 1,
-        **({"mpi": "srun"} if MULTI_WORKER else {}),
-    log:
-        f"{LOGS}/lanczos/step_{{step}}_draw_{{draw}}.log",
-    benchmark:
-        f"{BENCHMARKS}/lanczos/step_{{step}}_draw_{{draw}}.tsv"
-    conda:
-        "../../envs/hessflow.yaml"
+    params:
+        model=model_params(),
+        objective=objective_params(),
+        hessian=config["hessian"],
+        num_steps=config["lanczos"]["steps"],
+        save_every=config["lanczos"]["save_every"],
+        seed=config["seed"],
+        strategy=config["lanczos"]["strategy"],
+        workers=config["lanczos"]["workers"],
     script:
         "../../scripts/lanczos.py"

@@ -4,20 +4,20 @@ rule render_density:
         stats=spectrum_files("{step}")["stats"],
     output:
         report(
-            f"{RESULTS}/figures/density_step_{{step}}.png",
+            LAYOUT.density_figure("{step}"),
             caption="../report/density.rst",
             category="Hessian spectrum",
             subcategory="Density per checkpoint",
             labels={"step": "{step}"},
         ),
-    params:
-        dpi=150,  # = hessflow.reproduce.FIGURE_DPI, so that a rebuild renders the same bytes
     log:
-        f"{LOGS}/render_density/step_{{step}}.log",
+        log_file("render_density/step_{step}"),
     benchmark:
-        f"{BENCHMARKS}/render_density/step_{{step}}.tsv"
+        benchmark_file("render_density/step_{step}")
     conda:
         "../../envs/analysis.yaml"
+    params:
+        dpi=150,  # = hessflow.reproduce.FIGURE_DPI, so that a rebuild renders the same bytes
     script:
         "../../scripts/render_density.py"
 
@@ -28,20 +28,20 @@ rule render_trajectory:
         summary=rules.summarize.output[0],
     output:
         report(
-            f"{RESULTS}/figures/trajectory.png",
+            LAYOUT.trajectory_figure,
             caption="../report/trajectory.rst",
             category="Hessian spectrum",
             subcategory="Along training",
         ),
+    log:
+        log_file("render_trajectory"),
+    benchmark:
+        benchmark_file("render_trajectory")
+    conda:
+        "../../envs/analysis.yaml"
     params:
         steps=STEPS,
         dpi=150,  # = hessflow.reproduce.FIGURE_DPI, so that a rebuild renders the same bytes
-    log:
-        f"{LOGS}/render_trajectory.log",
-    benchmark:
-        f"{BENCHMARKS}/render_trajectory.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../../scripts/render_trajectory.py"
 
@@ -50,11 +50,11 @@ rule manifest:
     input:
         artifacts(),
     output:
-        f"{RESULTS}/manifest.tsv",
+        LAYOUT.manifest,
     log:
-        f"{LOGS}/manifest.log",
+        log_file("manifest"),
     benchmark:
-        f"{BENCHMARKS}/manifest.tsv"
+        benchmark_file("manifest")
     conda:
         "../../envs/analysis.yaml"
     script:
@@ -68,14 +68,14 @@ rule manifest:
 rule resolved_config:
     output:
         run_config_file(),
-    params:
-        config=config,
     log:
-        f"{LOGS}/resolved_config.log",
+        log_file("resolved_config"),
     benchmark:
-        f"{BENCHMARKS}/resolved_config.tsv"
+        benchmark_file("resolved_config")
     conda:
         "../../envs/analysis.yaml"
+    params:
+        config=config,
     script:
         "../../scripts/resolved_config.py"
 
@@ -87,15 +87,15 @@ rule export:
         manifest=rules.manifest.output[0],
         artifacts=exported_artifacts(),
     output:
-        f"results/{RUN}.tar.gz",
+        LAYOUT.archive,
+    log:
+        log_file("export"),
+    benchmark:
+        benchmark_file("export")
+    conda:
+        "../../envs/hessflow.yaml"  # the software versions of the environment that computed the results
     params:
         run_name=RUN,
         left_out=export_left_out(),
-    log:
-        f"{LOGS}/export.log",
-    benchmark:
-        f"{BENCHMARKS}/export.tsv"
-    conda:
-        "../../envs/hessflow.yaml"  # the software versions of the environment that computed the results
     script:
         "../../scripts/export.py"

@@ -1,0 +1,1 @@
+"""A CNN with Dropout on scikit-learn's digits (see config.yaml)."""

@@ -1,0 +1,1 @@
+"""An MLP regression with MeanSquaredError on generated tabular data (see config.yaml)."""

@@ -1,0 +1,1 @@
+"""A small transformer classifier on generated token sequences (see config.yaml)."""
