@@ -1,5 +1,8 @@
 """Rule aggregate: one checkpoint's draws -> tridiags.npy (draws×m×m), ritz_values.npy, ritz_weights.npy.
 
+Every tridiag_{d}.npy is first verified against the sha256 in its provenance_{d}.json and checked
+for form (hessflow.integrity): a changed, truncated or malformed draw is refused, named with the fix.
+
 Layouts follow the paper code (its density code reads tridiags as [draws, m, m]). A draw that
 stopped early (invariant subspace, m_i < m) is zero-padded in tridiags.npy and NaN-padded
 (weights 0) in the Ritz arrays, which are what the density rule reads.
@@ -15,9 +18,15 @@ start_job(snakemake)  # the log (file descriptors 1 and 2 too) and the rule's th
 import numpy as np  # noqa: E402
 
 from hessflow import artifacts  # noqa: E402
+from hessflow.integrity import IntegrityError, load_tridiags  # noqa: E402
 from hessflow.reproduce import aggregate  # noqa: E402  (the same function hessflow-reproduce rebuilds with)
 
-stacked, values, weights = aggregate([np.load(path) for path in snakemake.input.tridiags])
+try:
+    # Each draw verified against the sha256 its Lanczos job recorded, and checked for form.
+    tridiags = load_tridiags(snakemake.input.tridiags, snakemake.input.provenance)
+except IntegrityError as error:
+    sys.exit(f"error: step {snakemake.wildcards.step}:\n{error}")  # the message and the fix, no traceback
+stacked, values, weights = aggregate(tridiags)
 for draw in range(len(stacked)):
     size = int(np.sum(~np.isnan(values[draw])))
     print(f"draw {draw}: m = {size}, Ritz values in [{values[draw, 0]:.6g}, {values[draw, size - 1]:.6g}]")

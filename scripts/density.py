@@ -16,9 +16,13 @@ from hessflow.reproduce import density_and_stats  # noqa: E402  (the same functi
 
 with open(snakemake.input.provenance) as handle:
     dim = json.load(handle)["dim"]
-density, stats = density_and_stats(
-    np.load(snakemake.input.ritz_values), np.load(snakemake.input.ritz_weights), dim, snakemake.params.density
-)
+try:
+    # Refuses NaN or Inf in what it would write (density_and_stats): nothing non-finite is kept.
+    density, stats = density_and_stats(
+        np.load(snakemake.input.ritz_values), np.load(snakemake.input.ritz_weights), dim, snakemake.params.density
+    )
+except ValueError as error:
+    sys.exit(f"hessflow: density of checkpoint step {snakemake.wildcards.step}: {error}; nothing written")
 print(stats)
 artifacts.save_npy(snakemake.output.density, density)
 artifacts.save_json(snakemake.output.stats, stats)

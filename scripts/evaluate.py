@@ -13,12 +13,13 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from hessflow import artifacts, checkpoints, evaluation, factories, objectives  # noqa: E402
+from hessflow import artifacts, checkpoints, evaluation, factories, integrity, objectives  # noqa: E402
 
 params = snakemake.params
 inputs = snakemake.input
 card = json.loads(open(inputs.card).read())
 model = factories.build_model(params.model["factory"], params.model["options"], card=card, seed=params.seed)
+integrity.check_checkpoint(inputs.checkpoint, snakemake.wildcards.step, inputs.checkpoint_record)
 checkpoints.load_checkpoint(model, inputs.checkpoint)
 objective = params.objective
 loss = objectives.make_loss(objective["loss"]["name"], objective["loss"].get("options"))

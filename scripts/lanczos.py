@@ -22,6 +22,7 @@ spec = LanczosJobSpec(
     images=snakemake.input.images,
     labels=snakemake.input.labels,
     card=snakemake.input.card,
+    checkpoint_record=snakemake.input.checkpoint_record,
     model=params.model,
     objective=params.objective,
     hessian=params.hessian,

@@ -26,4 +26,8 @@ rows = [
 ]
 summary = summary_table(rows)
 print(summary.to_string(index=False))
+if summary["diverged"].any():
+    steps = ", ".join(str(step) for step in summary["step"][summary["diverged"]])
+    print(f"hessflow: warning: training diverged by step {steps} (train loss not finite or over 10 times "
+          "that of the first row; column `diverged` of summary.csv): lower training.learning_rate")
 artifacts.save_text(snakemake.output[0], summary.to_csv(index=False))

@@ -13,11 +13,15 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from hessflow import artifacts, data, factories, models, objectives, training  # noqa: E402
+from hessflow import artifacts, data, factories, integrity, models, objectives, training  # noqa: E402
 
 params = snakemake.params
 x, y = np.load(snakemake.input.images), np.load(snakemake.input.labels)
 card = json.loads(open(snakemake.input.card).read())
+# The arrays prepare_data wrote, by the data card's sha256 (a file replaced by hand is refused).
+integrity.check_data_arrays(
+    {"x_train": (snakemake.input.images, x), "y_train": (snakemake.input.labels, y)}, card, snakemake.input.card
+)
 model = factories.build_model(params.model["factory"], params.model["options"], card=card, seed=params.seed)
 print(f"{model.name}: {models.count_trainable(model):,} trainable parameters")
 objective = params.objective
@@ -48,3 +52,5 @@ history = training.train(
     preprocess=objective["preprocess"],
 )
 artifacts.save_text(snakemake.output.history, history.to_csv(index=False))
+# What evaluation and the Lanczos jobs check each checkpoint against (hessflow.integrity).
+artifacts.save_json(snakemake.output.checkpoint_record, integrity.checkpoint_record(checkpoint_for))

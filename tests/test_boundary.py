@@ -31,6 +31,7 @@ BLOCKED = ("tensorflow", "keras", "snakemake", "sklearn", "h5py")
 
 TENSORFLOW_FREE = (
     "lanczos", "density", "artifacts", "layout", "plots", "reproduce", "papercode", "export", "download",
+    "sanity", "integrity",
 )
 # May import TensorFlow or Keras (the `tensorflow` extra); some do so only inside functions.
 TENSORFLOW_LAYER = (
@@ -159,6 +160,32 @@ COMPUTATIONS = {
         RESULT = {"same": target.read_bytes() == (folder / "source.bin").read_bytes(),
                   "files": sorted(p.name for p in target.parent.iterdir())}
     """,
+    # .inf and .nan found by key; a loss 2.3 -> 24 has risen more than tenfold, 2.3 -> 22 not.
+    "sanity": """
+        from hessflow.sanity import diverged, non_finite_numbers
+        config = {"density": {"sigma_squared": float("inf")}, "model": {"options": {"hidden": [4, float("nan")]}},
+                  "seed": 0, "lanczos": {"save_vectors": True}}
+        RESULT = {"keys": [key for key, _ in non_finite_numbers(config)],
+                  "diverged": [diverged([2.3, 24.0]), diverged([2.3, 22.0]), diverged([2.3, float("nan")])]}
+    """,
+    # A tridiagonal with its provenance's sha256 loads; one byte changed, it is refused.
+    "integrity": """
+        import pathlib, tempfile
+        import numpy as np
+        from hessflow import artifacts, integrity
+        folder = pathlib.Path(tempfile.mkdtemp())
+        tridiag = artifacts.save_npy(folder / "tridiag_0.npy", np.array([[2.0, 1.0], [1.0, 2.0]]))
+        record = {integrity.OUTPUTS_SHA256: integrity.outputs_sha256({"tridiag": tridiag})}
+        artifacts.save_json(folder / "provenance_0.json", record)
+        loaded = integrity.load_tridiag(tridiag, folder / "provenance_0.json", 0).tolist()
+        tridiag.write_bytes(tridiag.read_bytes()[:-1] + b"\x01")
+        try:
+            integrity.load_tridiag(tridiag, folder / "provenance_0.json", 0)
+            refused = ""
+        except integrity.IntegrityError as error:
+            refused = str(error)
+        RESULT = {"loaded": loaded, "refused": "changed after its Lanczos job wrote it" in refused}
+    """,
     "hessflow": """
         import hessflow
         RESULT = {"version": hessflow.__version__}
@@ -281,6 +308,15 @@ def check_download(result):
 def check_hessflow(result):
     assert result["version"] == pyproject_version()
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", result["version"])
+
+
+def check_sanity(result):
+    assert result == {"keys": ["density.sigma_squared", "model.options.hidden[1]"],
+                      "diverged": [True, False, True]}
+
+
+def check_integrity(result):
+    assert result == {"loaded": [[2.0, 1.0], [1.0, 2.0]], "refused": True}
 
 
 CHECKS = {name.removeprefix("check_"): check for name, check in globals().items() if name.startswith("check_")}

@@ -251,6 +251,58 @@ def test_run_name_must_be_a_safe_directory_name():
     assert "['run_name']" in message
 
 
+@pytest.mark.parametrize("name", [".", "..", ".hidden"])
+def test_run_name_dot_or_leading_dot_is_refused_by_the_schema(name):
+    # ".." would write the run into the repository root, "." into results/ itself.
+    message = validation_error({"run_name": name})
+    assert f"'{name}' does not match" in message and "['run_name']" in message
+
+
+def test_run_name_with_dots_inside_is_accepted():
+    assert validated({"run_name": "demo.v2-lr_0.1"})["run_name"] == "demo.v2-lr_0.1"
+
+
+@pytest.mark.parametrize("section, key, spelling", [
+    ("density", "sigma_squared", ".inf"), ("density", "sigma_squared", ".nan"),
+    ("training", "learning_rate", ".inf"), ("training", "weight_decay", ".nan"),
+])
+def test_non_finite_number_passes_the_schema_but_is_refused_naming_the_key(section, key, spelling):
+    from hessflow.sanity import check_finite
+
+    # A NaN passes every minimum and maximum (each comparison is false), .inf every minimum.
+    config = validated(yaml.safe_load(f"run_name: x\n{section}:\n  {key}: {spelling}\n"))
+    with pytest.raises(ValueError) as caught:
+        check_finite(config)
+    message = str(caught.value)
+    assert message.startswith(f"config {section}.{key}: {spelling} is not a finite number")
+    assert "\n" not in message
+
+
+def test_non_finite_option_of_your_own_factory_is_refused_naming_the_list_item():
+    from hessflow.sanity import check_finite
+
+    config = validated({**minimal_config(), "model": {"factory": "mylab.nets:build",
+                                                       "options": {"scales": [1.0, -float("inf")]}}})
+    with pytest.raises(ValueError, match=r"^config model\.options\.scales\[1\]: -\.inf is not a finite"):
+        check_finite(config)
+
+
+def test_every_shipped_config_is_finite():
+    from hessflow.sanity import non_finite_numbers
+
+    for path in [DEMO, CIFAR, *TEST_CONFIGS]:
+        assert non_finite_numbers(validated(load_yaml(path))) == [], path.name
+
+
+def test_lanczos_steps_1_warns_in_one_line_naming_the_key():
+    from hessflow.sanity import config_warnings
+
+    warnings = config_warnings(validated({**minimal_config(), "lanczos": {"steps": 1}}))
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "config lanczos.steps is 1" in warnings[0] and "lambda_max = lambda_min" in warnings[0]
+    assert config_warnings(validated(minimal_config())) == []
+
+
 def test_option_the_builder_does_not_take_is_refused_by_name():
     config = {**minimal_config(), "model": {"factory": "mlp", "options": {"filters": [4]}}}
     assert "'filters' was unexpected" in validation_error(config)

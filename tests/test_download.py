@@ -328,3 +328,25 @@ def test_fetch_cifar10_downloads_and_unpacks_a_loadable_dataset(served, out):
     assert result == out / "cifar-10-batches-bin"
     assert entries(out) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
     np.testing.assert_array_equal(load_cifar10(result, "test")[0], generated["test_batch.bin"][0])
+
+
+# --- an archive read where it lies (placed by hand) ----------------------------------------------
+def test_hand_placed_archive_of_another_sha256_is_refused_naming_the_file_both_hashes_and_both_fixes(served):
+    folder, _, sha256 = served
+    with pytest.raises(dl.ChecksumError) as caught:
+        dl.verify_archive(folder / ARCHIVE_NAME, dl.CIFAR10_SHA256)
+    message = str(caught.value)
+    assert str(folder / ARCHIVE_NAME) in message
+    assert f"has sha256 {sha256}, but data.cifar10.sha256 is {dl.CIFAR10_SHA256}" in message
+    assert "Delete it and run again" in message and f"set data.cifar10.sha256: {sha256}" in message
+    assert entries(folder) == [ARCHIVE_NAME]  # refused, not deleted: the user placed it there
+
+
+def test_hand_placed_archive_of_the_expected_sha256_is_accepted(served):
+    folder, _, sha256 = served
+    assert dl.verify_archive(folder / ARCHIVE_NAME, sha256.upper()) == sha256
+
+
+def test_missing_hand_placed_archive_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.tar.gz"):
+        dl.verify_archive(tmp_path / "nowhere.tar.gz", dl.CIFAR10_SHA256)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 STEP = 20
 SMALL = {
-    "training": {"steps": STEP, "checkpoint_steps": [0, STEP], "log_every": 10},
+    "training": {"steps": STEP, "checkpoint_steps": [STEP], "log_every": 10},
     "spectrum": {"steps": [STEP]},
     "lanczos": {"steps": 8, "draws": 1},
     "density": {"grid_len": 300},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -218,14 +220,98 @@ def test_state_file_keeps_its_given_name(tmp_path):
         ("breakdown_tol", {"breakdown_tol": 1e-8}),
     ],
 )
-def test_state_file_from_another_run_is_refused_naming_the_field(tmp_path, field, changed):
+def test_state_file_of_another_run_is_discarded_naming_the_field(tmp_path, field, changed):
     state_file = tmp_path / "run.state.npz"
     a = random_symmetric(31, seed=25)
     lanczos(lambda v: a[:30, :30] @ v, 30, 10, seed=(1, 2, 3), state_file=state_file, save_every=2)
     args = {"dim": 30, "num_steps": 10, "seed": (1, 2, 3), "breakdown_tol": 1e-10} | changed
     n = args.pop("dim")
-    with pytest.raises(ValueError, match=rf"run\.state\.npz.*{field}.*delete the file"):
-        lanczos(lambda v: a[:n, :n] @ v, n, state_file=state_file, save_every=2, **args)
+    messages = []
+    rerun = lanczos(lambda v: a[:n, :n] @ v, n, state_file=state_file, save_every=2, log=messages.append, **args)
+    clean = lanczos(lambda v: a[:n, :n] @ v, n, **args)
+    assert rerun.resumed_from is None and rerun.num_matvecs == rerun.num_steps
+    assert np.array_equal(rerun.tridiag, clean.tridiag)
+    assert len(messages) == 1 and "run.state.npz" in messages[0] and "starting fresh" in messages[0]
+    assert f"{field}: " in messages[0] and field in rerun.discarded_state
+
+
+def shifted_operator(a, shift):
+    return lambda v: a @ v + shift * v
+
+
+def test_state_of_another_operator_restarts_naming_the_key_and_gives_the_clean_run(tmp_path):
+    # The same sizes and seed, another matrix (a + 0.3 I, as a changed batch size changes the
+    # Hessian): resuming would mix 8 vectors of the old Krylov space into the new run.
+    a = random_symmetric(40, seed=30)
+    state_file = tmp_path / "draw.state.npz"
+    old = {"weights_sha256": "aa", "hessian": {"batch_size": 25, "dtype": "float64"}}
+    new = {"weights_sha256": "aa", "hessian": {"batch_size": 50, "dtype": "float64"}}
+    killed = CountingOperator(a, fail_on_call=10)
+    with pytest.raises(KeyboardInterrupt):
+        lanczos(killed, 40, 12, seed=7, state_file=state_file, save_every=4, operator_identity=old)
+    with np.load(state_file) as state:
+        assert int(state["steps_done"]) == 8
+
+    stale_copy = tmp_path / "copy.state.npz"
+    shutil.copyfile(state_file, stale_copy)
+
+    messages = []
+    restarted = lanczos(shifted_operator(a, 0.3), 40, 12, seed=7, state_file=state_file, save_every=4,
+                        operator_identity=new, log=messages.append)
+    clean = lanczos(shifted_operator(a, 0.3), 40, 12, seed=7)
+    # What resuming would have given (the identity left unchanged): another tridiagonal.
+    mixed = lanczos(shifted_operator(a, 0.3), 40, 12, seed=7, state_file=stale_copy, save_every=4,
+                    operator_identity=old)
+    assert mixed.resumed_from == 8 and np.abs(mixed.tridiag - clean.tridiag).max() > 1e-3
+    assert restarted.resumed_from is None and restarted.num_matvecs == 12
+    assert np.array_equal(restarted.tridiag, clean.tridiag)
+    assert np.array_equal(restarted.vectors, clean.vectors)
+    assert messages == [
+        f"discarding the Lanczos state {str(state_file)!r}: it belongs to another run or operator: "
+        "operator.hessian.batch_size: 25 in the state file, 50 now; starting fresh"
+    ]
+    assert "operator.hessian.batch_size: 25 in the state file, 50 now" in restarted.discarded_state
+
+
+def test_state_of_the_same_operator_identity_resumes_bit_for_bit(tmp_path):
+    a = random_symmetric(40, seed=31)
+    identity = {"weights_sha256": "ab" * 32, "loss": {"name": "MSE", "options": {}}, "workers": (1, 2)}
+    state_file = tmp_path / "same.state.npz"
+    with pytest.raises(KeyboardInterrupt):
+        lanczos(CountingOperator(a, fail_on_call=7), 40, 12, seed=2, state_file=state_file, save_every=3,
+                operator_identity=identity)
+    messages = []
+    resumed = lanczos(a, num_steps=12, seed=2, state_file=state_file, save_every=3, operator_identity=identity,
+                      log=messages.append)
+    assert resumed.resumed_from == 6 and resumed.discarded_state is None and messages == []
+    assert np.array_equal(resumed.tridiag, lanczos(a, num_steps=12, seed=2).tridiag)
+
+
+def test_state_without_a_log_is_discarded_with_a_warning(tmp_path):
+    a = random_symmetric(20, seed=32)
+    state_file = tmp_path / "w.state.npz"
+    lanczos(a, num_steps=6, seed=0, state_file=state_file, save_every=2, operator_identity={"loss": "mse"})
+    with pytest.warns(RuntimeWarning, match=r'loss: "mse" in the state file, "hinge" now'):
+        lanczos(a, num_steps=6, seed=0, state_file=state_file, save_every=2, operator_identity={"loss": "hinge"})
+
+
+def test_state_of_an_older_format_is_discarded_and_an_unreadable_one_refused(tmp_path):
+    a = random_symmetric(20, seed=33)
+    old = tmp_path / "old.state.npz"
+    with open(old, "wb") as handle:  # format 1: no identity, fields of its own
+        np.savez(handle, format_version=np.int64(1), dim=np.int64(20), steps_done=np.int64(2))
+    messages = []
+    result = lanczos(a, num_steps=4, seed=0, state_file=old, save_every=2, log=messages.append)
+    assert result.resumed_from is None and "format_version 1" in messages[0]
+    truncated = tmp_path / "cut.state.npz"
+    truncated.write_bytes(old.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"cut\.state\.npz.*unreadable.*delete the file"):
+        lanczos(a, num_steps=4, seed=0, state_file=truncated, save_every=2)
+
+
+def test_an_operator_identity_that_is_not_json_is_refused():
+    with pytest.raises(ValueError, match="operator_identity must be JSON-able"):
+        lanczos(np.eye(3), num_steps=2, operator_identity={"x": object()})
 
 
 def test_resume_from_a_finished_state_makes_no_matvecs(tmp_path):

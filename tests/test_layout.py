@@ -97,6 +97,7 @@ def test_reproduce_reads_and_writes_the_layouts_paths():
         "lanczos/step_20/tridiag_0.npy",
         "lanczos/step_20/tridiag_1.npy",
         "lanczos/step_20/provenance_0.json",
+        "lanczos/step_20/provenance_1.json",
         "evaluation/step_20.json",
     ]
     assert reproduce.rebuilt_outputs(config) == [

@@ -1,4 +1,5 @@
-"""A Lanczos job killed midway resumes from its saved state and gives the uninterrupted tridiagonal.
+"""A Lanczos job killed midway resumes from its saved state and gives the uninterrupted tridiagonal;
+a state saved for another operator is never resumed.
 
 The workflow's lanczos job passes its state file (``.state_{draw}.npz`` beside its outputs, from
 hessflow.layout; undeclared, so Snakemake never deletes it as an incomplete output) and ``save_every`` to
@@ -7,6 +8,11 @@ Lanczos job uninterrupted, and another is SIGKILLed (Snakemake and its job, the 
 group, as a preemption would) once the state holds at least ``save_every`` steps, then rerun after
 ``--unlock``: it must log ``resumed from Lanczos step k`` with k the saved step, produce the same
 tridiagonal bit for bit, and remove the state file.
+
+A state saved under another operator (here ``hessian.batch_size`` 25, rerun with 50: with batch
+norm in train mode the batches define the Hessian) must not be resumed: the job logs which key
+differs and starts fresh, giving the clean run's tridiagonal (library level, through
+``run_lanczos_job``, in one process).
 """
 
 import json
@@ -115,3 +121,64 @@ def test_killed_lanczos_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert provenance["resumed_from"] == saved
     # Only the steps after the saved one were recomputed.
     assert logged_steps(killed / LOG)[0] == saved + 1
+
+
+class Interrupted(Exception):
+    """Stands for a preemption: raised from the job's log once the state holds 8 steps."""
+
+
+def lanczos_job_spec(folder: Path, batch_size: int) -> dict:
+    """A tiny Lanczos job (small CNN with batch norm, 3,842 parameters, 100 digit-like examples)."""
+    from hessflow import checkpoints, data, factories
+
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 17, size=(100, 8, 8, 1), dtype=np.uint8), rng.integers(0, 10, size=100)
+    card = data.data_card((x, y), (x[:10], y[:10]), source={"factory": "test", "options": {}, "preprocess": "auto"})
+    np.save(folder / "x.npy", x), np.save(folder / "y.npy", y)
+    (folder / "card.json").write_text(json.dumps(card))
+    model_config = {"factory": "small_cnn", "options": {"batch_norm": True}}
+    if not (folder / "step_0.weights.h5").exists():
+        model = factories.build_model(model_config["factory"], model_config["options"], card=card, seed=0)
+        checkpoints.save_checkpoint(model, folder / "step_0.weights.h5")
+    return {
+        "checkpoint": str(folder / "step_0.weights.h5"), "images": str(folder / "x.npy"),
+        "labels": str(folder / "y.npy"), "card": str(folder / "card.json"), "model": model_config,
+        "objective": {"loss": {"name": "SparseCategoricalCrossentropy", "options": {"from_logits": True}},
+                      "weight_decay": 5e-4, "preprocess": "auto"},
+        "hessian": {"batch_size": batch_size, "batch_norm": "train", "dtype": "float64", "max_examples": None},
+        "num_steps": 12, "save_every": 4, "run_seed": 0, "step": 0, "draw": 0,
+        "state_file": str(folder / ".state_0.npz"),
+        "outputs": {"tridiag": str(folder / "tridiag_0.npy"), "provenance": str(folder / "provenance_0.json")},
+    }
+
+
+def test_state_of_another_batch_size_is_discarded_logged_and_the_job_gives_the_clean_run(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    reused, clean = tmp_path / "reused", tmp_path / "clean"
+    reused.mkdir(), clean.mkdir()
+
+    def interrupt_at_step_9(line):
+        if line.startswith("Lanczos step 9/"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_lanczos_job(lanczos_job_spec(reused, batch_size=25), log=interrupt_at_step_9)
+    with np.load(reused / ".state_0.npz") as state:
+        assert int(state["steps_done"]) == 8
+    assert not (reused / "tridiag_0.npy").exists()
+
+    log = []
+    provenance = run_lanczos_job(lanczos_job_spec(reused, batch_size=50), log=log.append)
+    shutil.copyfile(reused / "step_0.weights.h5", clean / "step_0.weights.h5")
+    run_lanczos_job(lanczos_job_spec(clean, batch_size=50), log=lambda line: None)
+
+    discarded = [line for line in log if line.startswith("discarding the Lanczos state")]
+    assert len(discarded) == 1, log
+    assert "hessian.batch_size: 25 in the state file, 50 now; starting fresh" in discarded[0]
+    assert not any("resumed from" in line for line in log)
+    assert provenance["resumed_from"] is None and provenance["batch_size"] == 50
+    assert "hessian.batch_size: 25 in the state file, 50 now" in provenance["discarded_state"]
+    tridiag, reference = np.load(reused / "tridiag_0.npy"), np.load(clean / "tridiag_0.npy")
+    assert np.array_equal(tridiag, reference), np.abs(tridiag - reference).max()
+    assert not (reused / ".state_0.npz").exists()

@@ -6,7 +6,7 @@ then names the module's Snakefile by a path relative to the source ("workflow/Sn
 the test makes absolute; for a GitHub source it writes ``github("owner/hessflow", path=..., tag=...)``
 (checked through snakedeploy's own provider). The rest of the project is snakedeploy's, unchanged:
 its Snakefile, and hessflow's config/ copied for the user to edit; the demo config is shortened by
-a second config file.
+a second config file. The deployed project's whole run is planned and its first job run.
 """
 
 from __future__ import annotations
@@ -53,8 +53,18 @@ def test_a_deployed_project_runs(tmp_path):
         snakefile.replace('"workflow/Snakefile"', f'"{source / "workflow" / "Snakefile"}"'))
     (project / "small.json").write_text(json.dumps(SMALL))
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    done = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "config/config.yaml",
-                           "small.json"], cwd=project, capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    assert (project / "results" / "demo" / "manifest.tsv").is_file()
-    assert (project / "results" / "demo" / "spectrum" / "step_10" / "density.npy").is_file()
+
+    def snakemake(*args):
+        done = subprocess.run([str(BIN / "snakemake"), *args, "--cores", "2", "--configfile", "config/config.yaml",
+                               "small.json"], cwd=project, capture_output=True, text=True, env=env, timeout=900)
+        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+        return done.stdout
+
+    # The whole run plans (the module's rules, schema, scripts and envs all found); its first job
+    # runs for real. The rest of a module run is what tests/test_module_prefix.py and
+    # tests/test_your_project.py run end to end.
+    plan = snakemake("--dry-run")
+    assert "rule lanczos:" in plan and "rule manifest:" in plan
+    snakemake("results/demo/data/dataset.json")
+    card = json.loads((project / "results" / "demo" / "data" / "dataset.json").read_text())
+    assert card["factory"] == "hessflow.data:digits" and card["num_train"] == 1438

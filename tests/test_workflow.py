@@ -599,7 +599,7 @@ def reduced_cifar(tmp_path_factory, served_archive):
     with serve_directory(folder) as server:
         configfile, config = cifar_config(
             tmp_path, f"{server.url}/{ARCHIVE_NAME}", sha256, tmp_path / "downloads" / ARCHIVE_NAME,
-            training={"steps": 4, "batch_size": 8, "checkpoint_steps": [0, 4], "lr_boundaries": []},
+            training={"steps": 4, "batch_size": 8, "checkpoint_steps": [4], "lr_boundaries": []},
             lanczos={"steps": 5, "draws": 1},
             hessian={"batch_size": 16, "max_examples": None},
             evaluation={"batch_size": 16},
@@ -642,5 +642,5 @@ def test_reduced_cifar10_tridiags_are_5_by_5(reduced_cifar):
 def test_reduced_cifar10_summary_has_a_row_per_checkpoint(reduced_cifar):
     results, _, _ = reduced_cifar
     rows = read_csv(results / "summary.csv")
-    assert [int(row["step"]) for row in rows] == [0, 4]
+    assert [int(row["step"]) for row in rows] == [4]
     assert all(int(row["dim"]) == RESNET32_PARAMETERS for row in rows)

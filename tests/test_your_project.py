@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 STEP = 100
 OVERRIDE = {
-    "training": {"steps": STEP, "checkpoint_steps": [0, STEP]},
+    "training": {"steps": STEP, "checkpoint_steps": [STEP]},
     "spectrum": {"steps": [STEP]},
     "hessian": {"dtype": "float64"},
     "lanczos": {"draws": 1},

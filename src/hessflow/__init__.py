@@ -7,19 +7,33 @@ imports each with TensorFlow, Keras and Snakemake blocked):
   lanczos    Lanczos on any symmetric operator, float64, full reorthogonalization, resumable
   density    Ritz nodes/weights, Gaussian-smoothed densities, summary statistics
   artifacts  atomic writes and sha256 manifests
+  integrity  artifacts checked against their producers' sha256 records and for form
   layout     the paths of a run folder, written once
   plots      the density and trajectory figures
   reproduce  rebuild a run's results from its tridiagonals, verified against the manifest
   papercode  the paper code's tridiag_<k>/lanczos_vec_<k> files into hessflow's layouts
   export     a run folder as one archive to share, with the software versions
   download   the CIFAR-10 archive, verified and unpacked all-or-nothing
+  sanity     numbers that mean nothing: non-finite config values, config files, diverging losses
 
-TensorFlow (the ``tensorflow`` extra):
-  data       CIFAR-10 binary reader, offline data sets, fixed batches, worker partitions
-  models     the paper's ResNet-32 and small models
-  hvp        the Hessian of a Keras model's training loss, as an operator
-  batchnorm  twice-differentiable batch statistics (TensorFlow's are not)
-  ...        training, checkpoints, factories, tf.distribute, the Lanczos job
+TensorFlow (the ``tensorflow`` extra; some import it only inside functions):
+  factories     your model, data and loss by "module:function"; the built-ins are aliases
+  objectives    the loss named in the config, per example; checks that model, loss and labels fit
+  data          CIFAR-10 reader, built-in data factories, preprocessing, the data card, fixed batches
+  prepare       the prepare_data step: a data factory's arrays, checked, and their data card
+  models        the paper's ResNet-32 and small models; which variables weight decay covers
+  kernels       one batch's loss sum, gradient and Hessian-vector product (forward-over-reverse)
+  hvp           HessianOperator: the full-data Hessian as a scipy LinearOperator
+  batchnorm     twice-differentiable batch and layer statistics (TensorFlow's are not)
+  noise         dropout and other noise layers off in every Hessian pass
+  distribute    tf.distribute strategies, replica rounds by whole batches, weight checks
+  lanczos_job   one Lanczos job (LanczosJobSpec), on one or many workers
+  schedule      the piecewise-constant learning rate
+  checkpoints   Keras weight files: atomic, checked before loading, hashed
+  training      the SGD loop on the run's objective, checkpoints at set steps
+  evaluation    mean loss, and accuracy for classification
+  jobs          what every workflow job does first: log, console, GPUs, threads
+  gpu_lock      distinct GPUs for concurrent jobs on one machine
 
 Importing the package imports none of its modules.
 """

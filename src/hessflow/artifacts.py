@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     array = np.asanyarray(array)
     if array.dtype.hasobject:
         raise TypeError(f"save_npy({str(path)!r}): object arrays are not a stable artifact format")
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, _naming_write_errors(path):
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
     return path
@@ -140,10 +141,32 @@ def save_json(path: str | os.PathLike, obj: Any) -> Path:
 def save_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8, ``\\n`` line ends kept as given). Returns ``Path(path)``."""
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, _naming_write_errors(path):
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
     return path
+
+
+@contextlib.contextmanager
+def _naming_write_errors(path: Path) -> Iterator[None]:
+    """An OSError while writing ``path`` names it and the free space left (a full disk).
+
+    Used inside :func:`atomic_write`, so the space is measured with the partial temporary file
+    still there, as it was when the write failed.
+
+    Neither ``np.save`` ("300000 requested and 131056 written") nor a file object's write
+    ("[Errno 28] No space left on device") says which file failed. The errno is kept, so the
+    exception's class (``FileNotFoundError``, ``PermissionError``, ...) is too.
+    """
+    try:
+        yield
+    except OSError as error:
+        try:
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free on its file system"
+        except OSError:
+            free = "free space unknown"
+        message = f"could not write {str(path)!r}: {error.strerror or error} ({free}); the file is left as it was"
+        raise (OSError(error.errno, message) if error.errno is not None else OSError(message)) from error
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -176,21 +199,19 @@ def write_manifest(
 ) -> list[dict[str, Any]]:
     """Hash ``paths`` and atomically write a manifest TSV to ``manifest_path``.
 
-    Parameters
-    ----------
-    manifest_path
-        Destination of the TSV (see the module docstring for the format).
-    paths
-        Files to record; absolute, or relative to ``root``. Each must lie
-        under ``root`` and must not be the manifest itself. Duplicates are
-        recorded once.
-    root
-        Directory the recorded paths are relative to.
+    Args:
+        manifest_path: destination of the TSV (see the module docstring for the format).
+        paths: files to record; absolute, or relative to ``root``. Each must lie under ``root``
+            and must not be the manifest itself. Duplicates are recorded once.
+        root: directory the recorded paths are relative to.
 
-    Returns
-    -------
-    The rows written, as dicts ``{"path": str, "size_bytes": int, "sha256": str}``,
-    sorted by path.
+    Returns:
+        the rows written, as dicts ``{"path": str, "size_bytes": int, "sha256": str}``, sorted
+        by path.
+
+    Raises:
+        ValueError: a path lies outside ``root``, contains a tab or newline, or is the manifest
+            itself (the path is named).
     """
     root = Path(root)
     manifest_relative = (

@@ -103,6 +103,10 @@ def load_checkpoint(model: keras.Model, path: str | os.PathLike) -> None:
                 variable.assign(value)
             problem = f"Keras could not load it ({type(error).__name__}: {error})"
     if problem is not None:
+        if problem.startswith("it is not a readable HDF5"):
+            raise ValueError(
+                f"checkpoint {str(path)!r} cannot be read: {problem}; the file is truncated or corrupt: "
+                "delete it, and Snakemake reruns the train rule that writes it")
         raise ValueError(
             f"checkpoint {str(path)!r} does not match model {model.name!r} "
             f"({len(model.weights)} variables, {count_values(model):,} values): {problem}. "

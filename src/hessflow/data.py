@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .integrity import array_sha256  # the data card's digest of each array
+
 # --- CIFAR-10 binary format ----------------------------------------------------------------------
 # Each record is one label byte followed by a 32x32 colour image stored channel-major
 # ("depth-major"): the 1,024 red bytes (row-major), then the 1,024 green, then the 1,024 blue.
@@ -375,16 +377,22 @@ def synthetic(num_examples: int = 2000, image_shape=(32, 32, 3), num_classes: in
     return train_test_split(images, labels, test_fraction, seed=seed)
 
 
-def cifar10(archive: str | os.PathLike):
+def cifar10(archive: str | os.PathLike, archive_sha256: str | None = None):
     """CIFAR-10 from its binary archive (the workflow's download rule passes its path).
 
-    The archive is unpacked into a temporary folder beside it, read, and the folder removed.
+    The archive's sha256 is checked first against ``archive_sha256`` (the config's
+    ``data.cifar10.sha256``; default: the published archive's,
+    :data:`hessflow.download.CIFAR10_SHA256`), so that a file placed by hand, which the download
+    rule never saw, is verified too (:func:`hessflow.download.verify_archive` raises
+    ``ChecksumError`` naming the file and both hashes). It is then unpacked into a temporary
+    folder beside it, read, and the folder removed.
     """
     import tempfile
 
-    from hessflow.download import extract_cifar10
+    from hessflow.download import CIFAR10_SHA256, extract_cifar10, verify_archive
 
     archive = Path(archive)
+    verify_archive(archive, archive_sha256 or CIFAR10_SHA256)
     with tempfile.TemporaryDirectory(prefix=".cifar10-", dir=archive.parent) as scratch:
         folder = extract_cifar10(archive, scratch)
         return load_cifar10(folder, "train"), load_cifar10(folder, "test")
@@ -445,8 +453,6 @@ def data_card(train, test, *, source: dict) -> dict:
         dtypes and shapes of every array, example counts, class counts, and a sha256 of each array
         (over its dtype, shape and bytes).
     """
-    import hashlib
-
     (x_train, y_train), (x_test, y_test) = train, test
     classification = np.issubdtype(y_train.dtype, np.integer) and y_train.ndim == 1
     card = {**source, "task": "classification" if classification else "regression"}
@@ -464,9 +470,7 @@ def data_card(train, test, *, source: dict) -> dict:
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     card["arrays"] = {}
     for name, array in arrays.items():
-        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-        card["arrays"][name] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": digest.hexdigest()}
+        card["arrays"][name] = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": array_sha256(array)}
     card["x_dtype"] = str(x_train.dtype)
     if is_image_batch(x_train):
         card["pixel_range"] = [int(x_train.min()), int(x_train.max())]

@@ -59,24 +59,18 @@ _SYMMETRY_RTOL = 1e-12
 def ritz(tridiag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gauss quadrature nodes and weights of a Lanczos tridiagonal.
 
-    Parameters
-    ----------
-    tridiag : array_like, shape (m, m)
-        Symmetric tridiagonal ``T`` from ``m`` Lanczos steps.
+    Args:
+        tridiag: array_like, shape (m, m); the symmetric tridiagonal ``T`` from ``m`` Lanczos
+            steps.
 
-    Returns
-    -------
-    ritz_values : ndarray, shape (m,), float64
-        Eigenvalues of ``T``, ascending.
-    ritz_weights : ndarray, shape (m,), float64
-        Squared first components of the corresponding unit eigenvectors of
-        ``T`` (the start vector's weight on each Ritz pair); non-negative,
-        summing to 1 up to rounding.
+    Returns:
+        ritz_values: float64 (m,), the eigenvalues of ``T``, ascending.
+        ritz_weights: float64 (m,), the squared first components of the corresponding unit
+            eigenvectors of ``T`` (the start vector's weight on each Ritz pair); non-negative,
+            summing to 1 up to rounding.
 
-    Raises
-    ------
-    ValueError
-        If ``tridiag`` is not a finite, square, symmetric tridiagonal matrix.
+    Raises:
+        ValueError: ``tridiag`` is not a finite, square, symmetric tridiagonal matrix.
     """
     t = np.asarray(tridiag, dtype=np.float64)
     if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0:
@@ -141,6 +135,8 @@ def density_grid(values_list, grid_len: int = 10_000, grid_expand: float = 0.01)
     values = _as_draw_list(values_list, "values_list")
     if not (isinstance(grid_len, (int, np.integer)) and grid_len >= 2):
         raise ValueError(f"grid_len must be an int >= 2; got {grid_len!r}")
+    if not np.isfinite(grid_expand):
+        raise ValueError(f"grid_expand must be finite; got {grid_expand!r}")
     lambda_max = np.mean([v.max() for v in values]) + grid_expand
     lambda_min = np.mean([v.min() for v in values]) - grid_expand
     if not lambda_max > lambda_min:
@@ -156,8 +152,8 @@ def kernel_variance(grid: np.ndarray, sigma_squared: float) -> float:
     The range is ``grid[-1] - grid[0]`` (= ``lambda_max - lambda_min`` including
     ``grid_expand``, as in the paper code); eigenvalue units squared.
     """
-    if not sigma_squared > 0:
-        raise ValueError(f"sigma_squared must be > 0; got {sigma_squared!r}")
+    if not (sigma_squared > 0 and np.isfinite(sigma_squared)):
+        raise ValueError(f"sigma_squared must be finite and > 0; got {sigma_squared!r}")
     return float(sigma_squared * max(1.0, grid[-1] - grid[0]))
 
 
@@ -212,34 +208,45 @@ def density_from_ritz(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian-smoothed SLQ density from per-draw Ritz values and weights.
 
-    Parameters
-    ----------
-    values_list, weights_list : (draws, m) arrays or lists of (m_i,) arrays
-        Ritz values (eigenvalue units) and weights per draw, as from
-        :func:`ritz`; ragged draws allowed.
-    sigma_squared : float
-        Relative kernel variance; the absolute variance is
-        :func:`kernel_variance` of the grid.
-    grid_len, grid_expand
-        The grid of :func:`density_grid`; ignored when ``grid`` is given.
-    grid : ndarray, shape (G,), optional
-        An explicit uniform grid (e.g. to compare two densities point by
-        point); the kernel variance is then still computed from the Ritz
-        values' range, as in the paper code.
+    Args:
+        values_list: a (draws, m) array or a list of (m_i,) arrays; the Ritz values (eigenvalue
+            units) per draw, as from :func:`ritz`; ragged draws allowed.
+        weights_list: the Ritz weights per draw, same shapes as ``values_list``.
+        sigma_squared: float, the relative kernel variance; the absolute variance is
+            :func:`kernel_variance` of the grid.
+        grid_len: int, number of points of the grid of :func:`density_grid`; ignored when
+            ``grid`` is given.
+        grid_expand: float, the margin (eigenvalue units) of the grid of :func:`density_grid`;
+            ignored when ``grid`` is given.
+        grid: optional explicit uniform grid, ndarray of shape (G,) (e.g. to compare two
+            densities point by point); the kernel variance is then still computed from the Ritz
+            values' range, as in the paper code.
 
-    Returns
-    -------
-    grid : ndarray, shape (grid_len,), float64
-    density : ndarray, shape (grid_len,), float64
-        Mean over draws of the weighted Gaussian mixtures, normalized so that
-        ``sum(density) * (grid[1] - grid[0]) == 1``; units 1/eigenvalue.
+    Returns:
+        grid: float64 (grid_len,), or (G,) when ``grid`` is given.
+        density: float64, same shape as ``grid``; the mean over draws of the weighted Gaussian
+            mixtures, normalized so that ``sum(density) * (grid[1] - grid[0]) == 1``; units
+            1/eigenvalue.
+
+    Raises:
+        ValueError: the draws are empty, non-finite or mismatched between values and weights;
+            ``grid_len`` is not an int >= 2 or the grid range is empty; ``sigma_squared`` is
+            not positive; or ``grid`` is not 1-D, increasing and uniformly spaced.
     """
     values, weights = _check_ritz_lists(values_list, weights_list)
     paper_grid = density_grid(values, grid_len=grid_len, grid_expand=grid_expand)
     variance = kernel_variance(paper_grid, sigma_squared)
     grid = paper_grid if grid is None else _check_uniform_grid(grid)
     nodes, node_weights = pool_draws(values, weights)
-    return grid, _normalize_on_grid(gaussian_mixture(nodes, node_weights, grid, variance), grid)
+    mixture = gaussian_mixture(nodes, node_weights, grid, variance)
+    if not (np.all(np.isfinite(mixture)) and np.sum(mixture) > 0):
+        # exp underflows to 0 at every grid point when the kernel is far narrower than the grid
+        # spacing and no node sits on a grid point; normalizing would then divide 0 by 0.
+        raise ValueError(
+            f"the smoothed density is zero or not finite at every grid point: kernel variance {variance:g} "
+            f"against grid spacing {grid[1] - grid[0]:g}; raise sigma_squared or grid_len"
+        )
+    return grid, _normalize_on_grid(mixture, grid)
 
 
 def density_from_tridiags(
@@ -312,41 +319,6 @@ def spectral_wasserstein1(values_a, weights_a, values_b, weights_b) -> float:
 def summarize(values_list, weights_list, dim: int, negative_threshold: float = 1e-3) -> dict:
     """Summary statistics of the spectrum that SLQ can resolve.
 
-    Parameters
-    ----------
-    values_list, weights_list : (draws, m) arrays or lists of (m_i,) arrays
-        Ritz values and weights per draw (from :func:`ritz`).
-    dim : int
-        Dimension of the operator (number of parameters), for the trace.
-    negative_threshold : float
-        ``eps``: only Ritz mass below ``-eps * (lambda_max - lambda_min)``
-        counts as negative (and above ``+eps * (...)`` as positive).
-
-    Returns
-    -------
-    dict with float values unless noted; all means are over draws:
-
-    ``lambda_max``, ``lambda_min``
-        Mean of each draw's largest / smallest Ritz value (extreme Ritz values
-        converge fastest, so these estimate the extreme eigenvalues).
-    ``trace``
-        ``dim * sum_k w_k theta_k``: Hutchinson's estimator of ``trace(A)``
-        (exact per draw: ``dim * v^T A v``).
-    ``mean``, ``std``
-        Mean ``sum_k w_k theta_k`` and standard deviation
-        ``sqrt(sum_k w_k theta_k^2 - mean^2)`` of the eigenvalue density (both
-        moments averaged over draws before combining).
-    ``negative_mass``, ``positive_mass``
-        Quadrature weight strictly below ``-eps * (lambda_max - lambda_min)``
-        / strictly above ``+eps * (...)``, with the draw-averaged extremes.
-    ``negative_threshold``
-        ``eps`` as given; ``negative_cutoff``: the absolute cutoff
-        ``eps * (lambda_max - lambda_min)``.
-    ``num_draws`` (int), ``num_steps`` (int)
-        Number of draws; largest number of Lanczos steps among them.
-
-    Notes
-    -----
     Do not report the plain total weight of negative Ritz values as "negative
     mass". Most eigenvalues of a network Hessian sit very close to zero, where
     a few dozen Gauss nodes cannot resolve signs: a Ritz value at
@@ -354,12 +326,42 @@ def summarize(values_list, weights_list, dim: int, negative_threshold: float = 1
     On a digits MLP with an exact Hessian, the naive figure was 0.49-0.61
     against an exact 0.30, while the mass below ``-1e-3 * range`` was 0.027
     against 0.023 exact.
+
+    Args:
+        values_list: a (draws, m) array or a list of (m_i,) arrays; the Ritz values per draw
+            (from :func:`ritz`).
+        weights_list: the Ritz weights per draw, same shapes as ``values_list``.
+        dim: int, dimension of the operator (number of parameters), for the trace.
+        negative_threshold: float ``eps``; only Ritz mass below ``-eps * (lambda_max -
+            lambda_min)`` counts as negative (and above ``+eps * (...)`` as positive).
+
+    Returns:
+        a dict with float values unless noted; all means are over draws:
+
+        - ``lambda_max``, ``lambda_min``: mean of each draw's largest / smallest Ritz value
+          (extreme Ritz values converge fastest, so these estimate the extreme eigenvalues).
+        - ``trace``: ``dim * sum_k w_k theta_k``, Hutchinson's estimator of ``trace(A)``
+          (exact per draw: ``dim * v^T A v``).
+        - ``mean``, ``std``: mean ``sum_k w_k theta_k`` and standard deviation
+          ``sqrt(sum_k w_k theta_k^2 - mean^2)`` of the eigenvalue density (both moments
+          averaged over draws before combining).
+        - ``negative_mass``, ``positive_mass``: quadrature weight strictly below
+          ``-eps * (lambda_max - lambda_min)`` / strictly above ``+eps * (...)``, with the
+          draw-averaged extremes.
+        - ``negative_threshold``: ``eps`` as given; ``negative_cutoff``: the absolute cutoff
+          ``eps * (lambda_max - lambda_min)``.
+        - ``num_draws`` (int), ``num_steps`` (int): number of draws; largest number of Lanczos
+          steps among them.
+
+    Raises:
+        ValueError: the draws are empty, non-finite or mismatched between values and weights,
+            ``dim`` is not a positive int, or ``negative_threshold`` is negative.
     """
     values, weights = _check_ritz_lists(values_list, weights_list)
     if not (isinstance(dim, (int, np.integer)) and dim >= 1):
         raise ValueError(f"dim must be a positive int; got {dim!r}")
-    if not negative_threshold >= 0:
-        raise ValueError(f"negative_threshold must be >= 0; got {negative_threshold!r}")
+    if not (negative_threshold >= 0 and np.isfinite(negative_threshold)):
+        raise ValueError(f"negative_threshold must be finite and >= 0; got {negative_threshold!r}")
 
     lambda_max = float(np.mean([v.max() for v in values]))
     lambda_min = float(np.mean([v.min() for v in values]))

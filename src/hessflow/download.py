@@ -53,6 +53,7 @@ __all__ = [
     "download",
     "extract_cifar10",
     "fetch_cifar10",
+    "verify_archive",
 ]
 
 # Published by the dataset's authors; size and hash as listed by TFDS's checksum registry (and
@@ -251,6 +252,34 @@ def _progress_line(received: int, total: int | None, elapsed_s: float) -> str:
     rate = received / 1e6 / elapsed_s if elapsed_s > 0 else float("inf")
     of_total = f" of {total:,} ({100 * received / total:.0f}%)" if total else ""
     return f"  {received:,} bytes{of_total}, {rate:.1f} MB/s"
+
+
+def verify_archive(path: str | os.PathLike, sha256: str, *, key: str = "data.cifar10.sha256") -> str:
+    """Check that the file at ``path`` has the sha256 ``sha256`` (the config's ``key``).
+
+    For an archive read where it lies, e.g. placed by hand: the download rule is not in the DAG
+    when the file exists, so this is the check that it is the file the config names.
+
+    Returns:
+        the verified hex digest.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ChecksumError: another sha256; the message names the file, both hashes and the two fixes
+            (delete it to download it again, or set ``key`` for a deliberate other copy).
+    """
+    expected = _normalized_sha256(sha256)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"archive not found: {path}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path} has sha256 {actual}, but {key} is {expected}: it is not the file the config names "
+            f"(another or an incomplete copy). Delete it and run again to download it afresh, or, if it is a "
+            f"deliberate other copy, set {key}: {actual}"
+        )
+    return actual
 
 
 def _normalized_sha256(sha256: str) -> str:

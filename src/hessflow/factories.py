@@ -252,7 +252,12 @@ def load_data(
                 f"has {len(arrays[f'y_{split}'])}; they must have one row per example each"
             )
         if len(arrays[f"x_{split}"]) == 0:
-            raise ValueError(f"data from {factory!r}: the {split} split is empty")
+            section = key.rsplit(".", 1)[0]
+            change = "raise" if split == "test" else "lower"
+            raise ValueError(
+                f"data from {factory!r}: the {split} split is empty; {change} {section}.options.test_fraction "
+                f"(the built-in factories), or make your factory return {split} examples"
+            )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise ValueError(
             f"data from {factory!r}: x_train examples have shape {arrays['x_train'].shape[1:]} but x_test "

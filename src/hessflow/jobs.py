@@ -28,6 +28,7 @@ This module imports neither Snakemake (the ``snakemake`` object is only read: ``
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any, TextIO
 
@@ -103,6 +104,20 @@ def tensorflow_threads() -> int:
     return tf.config.threading.get_intra_op_parallelism_threads() or int(os.environ.get("TF_NUM_INTRAOP_THREADS", 0))
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (Snakemake cancelling a job, a scheduler's preemption) into ``SystemExit``.
+
+    Python's default is to die at once; as an exception, it unwinds the job: an artifact being
+    written (`hessflow.artifacts.atomic_write`) removes its temporary file, and the exit status
+    is still 128 + 15. Python handles the signal between bytecodes, so a running TensorFlow op
+    finishes first.
+    """
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 def start_job(job: Any, *, gpus: int | None = None, tensorflow: bool = False) -> TextIO:
     """The set-up of one workflow job (see the module docstring); returns the log file object.
 
@@ -111,6 +126,7 @@ def start_job(job: Any, *, gpus: int | None = None, tensorflow: bool = False) ->
     job off the GPUs). ``tensorflow``: size TensorFlow's thread pools (imports TensorFlow).
     """
     log = redirect_output(job.log[0])
+    exit_cleanly_on_sigterm()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
     threads = int(job.threads)
     limit_threads(threads)

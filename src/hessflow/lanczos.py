@@ -51,8 +51,10 @@ full reorthogonalization needs in any case.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,36 +79,30 @@ SYMMETRY_TOL = 1e-10
 DEFAULT_BREAKDOWN_TOL = 1e-10
 
 #: Version of the resumable-state file layout; bump when its fields change.
-STATE_FORMAT_VERSION = 1
+#: 2: the operator's identity (``operator_identity``, JSON) is stored and compared.
+STATE_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, eq=False)
 class LanczosResult:
     """Output of :func:`lanczos` for ``m`` completed steps.
 
-    Attributes
-    ----------
-    alpha : ndarray, shape (m,), float64
-        Diagonal of ``T``.
-    beta : ndarray, shape (m - 1,), float64
-        Off-diagonal of ``T`` (all positive).
-    vectors : ndarray, shape (dim, m), float64, or None
-        Lanczos vectors ``v_1 .. v_m`` as columns (orthonormal), or ``None``
-        when ``keep_vectors=False``.
-    residual_norm : float
-        ``b_m = ||A v_m - V T e_m||``, the norm of the residual after the last
-        step: Ritz value ``theta_i`` of ``T`` with eigenvector ``s_i`` lies
-        within ``residual_norm * |s_i[-1]|`` of an eigenvalue of ``A``.
-        Below the breakdown tolerance when the run stopped on an invariant
-        subspace.
-    stopped_early : bool
-        True when a breakdown (invariant Krylov space) ended the run before
-        ``num_steps`` steps, so that ``m < num_steps``.
-    num_matvecs : int
-        Operator applications made by this call: ``m`` for a fresh run,
-        ``m - resumed_from`` after resuming.
-    resumed_from : int or None
-        Number of steps loaded from the state file, or ``None`` for a fresh run.
+    Attributes:
+        alpha: ndarray, shape (m,), float64: the diagonal of ``T``.
+        beta: ndarray, shape (m - 1,), float64: the off-diagonal of ``T`` (all positive).
+        vectors: ndarray, shape (dim, m), float64: the Lanczos vectors ``v_1 .. v_m`` as columns
+            (orthonormal); ``None`` when ``keep_vectors=False``.
+        residual_norm: ``b_m = ||A v_m - V T e_m||``, the norm of the residual after the last
+            step: Ritz value ``theta_i`` of ``T`` with eigenvector ``s_i`` lies within
+            ``residual_norm * |s_i[-1]|`` of an eigenvalue of ``A``. Below the breakdown
+            tolerance when the run stopped on an invariant subspace.
+        stopped_early: True when a breakdown (invariant Krylov space) ended the run before
+            ``num_steps`` steps, so that ``m < num_steps``.
+        num_matvecs: operator applications made by this call: ``m`` for a fresh run,
+            ``m - resumed_from`` after resuming.
+        resumed_from: the number of steps loaded from the state file, or ``None`` for a fresh run.
+        discarded_state: why a state file found at the start was not resumed (it belonged to
+            another run or operator: the differing keys, old and new values), or ``None``.
     """
 
     alpha: np.ndarray
@@ -116,6 +112,7 @@ class LanczosResult:
     stopped_early: bool
     num_matvecs: int
     resumed_from: int | None
+    discarded_state: str | None = None
 
     @property
     def num_steps(self) -> int:
@@ -252,86 +249,79 @@ def lanczos(
     *,
     state_file: str | os.PathLike | None = None,
     save_every: int | None = None,
+    operator_identity: Mapping | None = None,
+    log: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
 ) -> LanczosResult:
     """Run ``num_steps`` steps of Lanczos with full reorthogonalization.
 
-    Parameters
-    ----------
-    matvec : callable, LinearOperator or matrix
-        The symmetric operator ``A``, as one of:
+    Args:
+        matvec: the symmetric operator ``A``, as one of:
 
-        - ``v -> A v``: takes a float64 array of shape (dim,) and returns a
-          float64 array of shape (dim,). It receives a copy of the Lanczos
-          vector and may keep or modify it;
-        - a square `scipy.sparse.linalg.LinearOperator` (its ``matvec``; e.g. a
-          `hessflow.hvp.HessianOperator`), ``dim`` inferred;
-        - a square, symmetric, real numpy array or scipy sparse matrix (used in
-          float64 as ``A @ v``), ``dim`` inferred.
+            - ``v -> A v``: takes a float64 array of shape (dim,) and returns a float64 array of
+              shape (dim,). It receives a copy of the Lanczos vector and may keep or modify it;
+            - a square `scipy.sparse.linalg.LinearOperator` (its ``matvec``; e.g. a
+              `hessflow.hvp.HessianOperator`), ``dim`` inferred;
+            - a square, symmetric, real numpy array or scipy sparse matrix (used in float64 as
+              ``A @ v``), ``dim`` inferred.
 
-        The three give the same result bit for bit for the same products:
-        ``lanczos(a, num_steps=m)`` is ``lanczos(lambda v: a @ v, n, m)``.
-    dim : int
-        Dimension of the operator; required with a function, optional (and
-        checked) otherwise.
-    num_steps : int
-        ``m``, the number of Lanczos steps, ``1 <= num_steps <= dim``.
-        Exactly one ``matvec`` call per step.
-    seed : int or sequence of int
-        Seed of the Gaussian start vector (see :func:`start_vector`), e.g.
-        ``(run_seed, checkpoint_step, draw)``.
-    keep_vectors : bool
-        Return the Lanczos vectors. They are held in memory either way (full
-        reorthogonalization needs them); ``False`` only drops them from the
-        result.
-    state_file : path, optional
-        Checkpoint of the run, an ``.npz`` file written atomically every
-        ``save_every`` steps. If it exists when ``lanczos`` starts, it is
-        validated against ``dim``, ``num_steps``, ``seed`` and
-        ``breakdown_tol`` (``ValueError`` naming the mismatched field
-        otherwise) and the run resumes from it; the result is bit-identical to
-        an uninterrupted run. ``lanczos`` never deletes it: the caller removes
-        it after its outputs are safely written, so that a kill between the
-        return and the output write still resumes.
-    save_every : int, optional
-        Steps between checkpoints; required with ``state_file``.
-    progress : callable, optional
-        ``progress(steps_done, num_steps)``, called after each step.
-    breakdown_tol : float
-        Relative breakdown tolerance. The run stops after step ``j`` when
-        ``b_j <= breakdown_tol * max(|a_1|, ..., |a_j|, b_1, ..., b_(j-1))``,
-        the right-hand side being a lower bound on ``||A||``. Then
-        ``A V_j = V_j T_j`` up to that residual: the Krylov space is invariant
-        and ``T_j`` already carries the start vector's whole spectral measure.
-        The default ``1e-10`` sits well above the rounding floor of the
-        reorthogonalized residual (``~ eps sqrt(dim) ||A||``, about ``1e-13``
-        for a million parameters), so an exhausted Krylov space is detected
-        rather than continued with a noise vector, and far below any ``b_j``
-        that moves a quadrature node or weight visibly.
+            The three give the same result bit for bit for the same products:
+            ``lanczos(a, num_steps=m)`` is ``lanczos(lambda v: a @ v, n, m)``.
+        dim: the dimension of the operator; required with a function, optional (and checked)
+            otherwise.
+        num_steps: ``m``, the number of Lanczos steps, ``1 <= num_steps <= dim``. Exactly one
+            ``matvec`` call per step.
+        seed: int or sequence of ints, the seed of the Gaussian start vector (see
+            :func:`start_vector`), e.g. ``(run_seed, checkpoint_step, draw)``.
+        keep_vectors: return the Lanczos vectors. They are held in memory either way (full
+            reorthogonalization needs them); ``False`` only drops them from the result.
+        state_file: a checkpoint of the run, an ``.npz`` file written atomically every
+            ``save_every`` steps. If it exists when ``lanczos`` starts and belongs to this run
+            (the same ``dim``, ``num_steps``, ``seed``, ``breakdown_tol`` and
+            ``operator_identity``), the run resumes from it, and the result is bit-identical to an
+            uninterrupted run. A state file of another run or operator is discarded: the run
+            starts fresh (and overwrites it at its first save) after ``log`` has named every
+            differing key with its old and new value. ``lanczos`` never deletes it: the caller
+            removes it after its outputs are safely written, so that a kill between the return
+            and the output write still resumes.
+        save_every: steps between checkpoints; required with ``state_file``.
+        operator_identity: what defines the operator beyond its dimension, as a JSON-able
+            mapping (nested mappings allowed; tuples compare as lists), e.g. the sha256 of the
+            weights and data and the loss settings of a Hessian. Stored in the state file and
+            compared on resume: the only guard against resuming the Krylov basis of a different
+            matrix, which the state file cannot detect by itself. ``None`` is the empty mapping.
+        log: receives a one-line message when a state file is discarded; ``None``: the message
+            is issued as a `RuntimeWarning`.
+        progress: ``progress(steps_done, num_steps)``, called after each step.
+        breakdown_tol: the relative breakdown tolerance. The run stops after step ``j`` when
+            ``b_j <= breakdown_tol * max(|a_1|, ..., |a_j|, b_1, ..., b_(j-1))``, the right-hand
+            side being a lower bound on ``||A||``. Then ``A V_j = V_j T_j`` up to that residual:
+            the Krylov space is invariant and ``T_j`` already carries the start vector's whole
+            spectral measure. The default ``1e-10`` sits well above the rounding floor of the
+            reorthogonalized residual (``~ eps sqrt(dim) ||A||``, about ``1e-13`` for a million
+            parameters), so an exhausted Krylov space is detected rather than continued with a
+            noise vector, and far below any ``b_j`` that moves a quadrature node or weight
+            visibly.
 
-    Returns
-    -------
-    LanczosResult
-        ``tridiag`` (m, m), ``alpha`` (m,), ``beta`` (m-1,), ``vectors``
-        (dim, m) or None, ``residual_norm``, ``stopped_early``,
-        ``num_matvecs``, ``resumed_from``. ``m == num_steps`` unless
-        ``stopped_early``.
+    Returns:
+        A `LanczosResult`: ``tridiag`` (m, m), ``alpha`` (m,), ``beta`` (m-1,), ``vectors``
+        (dim, m) or None, ``residual_norm``, ``stopped_early``, ``num_matvecs``,
+        ``resumed_from``, ``discarded_state``. ``m == num_steps`` unless ``stopped_early``.
 
-    Raises
-    ------
-    FloatingPointError
-        If ``matvec`` returns NaN or Inf (naming the step).
-    ValueError, TypeError
-        For invalid arguments (a non-square or non-symmetric matrix, a ``dim``
-        that disagrees with the operator's shape, no ``num_steps``), a wrongly
-        shaped or typed ``matvec`` output, or a state file from a different run.
+    Raises:
+        FloatingPointError: if ``matvec`` returns NaN or Inf (naming the step).
+        ValueError: for invalid arguments (a non-square or non-symmetric matrix, a ``dim`` that
+            disagrees with the operator's shape), a wrongly shaped ``matvec`` output, an
+            ``operator_identity`` that is not JSON-able, or an unreadable or inconsistent state
+            file (naming it, and saying to delete it).
+        TypeError: for arguments of the wrong type (no ``num_steps``, a complex matrix) and a
+            ``matvec`` output that is not float64.
 
-    References
-    ----------
-    G. H. Golub and C. F. Van Loan, *Matrix Computations*, 4th ed., 10.1, 10.3.
-    B. Ghorbani, S. Krishnan and Y. Xiao, "An Investigation into Neural Net
-    Optimization via Hessian Eigenvalue Density", ICML 2019.
+    References:
+        G. H. Golub and C. F. Van Loan, *Matrix Computations*, 4th ed., 10.1, 10.3.
+        B. Ghorbani, S. Krishnan and Y. Xiao, "An Investigation into Neural Net Optimization via
+        Hessian Eigenvalue Density", ICML 2019.
     """
     matvec, dim = _as_matvec(matvec, dim)
     if num_steps is None:
@@ -344,6 +334,8 @@ def lanczos(
         keep_vectors,
         state_file=state_file,
         save_every=save_every,
+        operator_identity=operator_identity,
+        log=log,
         progress=progress,
         breakdown_tol=breakdown_tol,
         gram_schmidt_passes=2,
@@ -362,6 +354,8 @@ def _lanczos(
     progress: Callable[[int, int], None] | None,
     breakdown_tol: float,
     gram_schmidt_passes: int,
+    operator_identity: Mapping | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> LanczosResult:
     """:func:`lanczos` with the number of Gram-Schmidt passes as a parameter.
 
@@ -379,9 +373,10 @@ def _lanczos(
     run_identity = {
         "dim": dim,
         "num_steps": num_steps,
-        "seed": entropy,
+        "seed": entropy.tolist(),
         "breakdown_tol": float(breakdown_tol),
         "gram_schmidt_passes": gram_schmidt_passes,
+        "operator": _canonical_identity(operator_identity),
     }
 
     # Preallocated; Fortran order so that every Lanczos vector (column) and
@@ -395,9 +390,19 @@ def _lanczos(
     steps_done = 0
     resumed_from = None
     next_vector = None
+    discarded = None
     if state_file is not None and Path(state_file).exists():
-        steps_done, next_vector = _load_state(Path(state_file), run_identity, basis, alpha, residual_norms)
-        resumed_from = steps_done
+        loaded = _load_state(Path(state_file), run_identity, basis, alpha, residual_norms)
+        if isinstance(loaded, str):
+            discarded = loaded
+            message = f"discarding the Lanczos state {str(state_file)!r}: {discarded}; starting fresh"
+            if log is None:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+            else:
+                log(message)
+        else:
+            steps_done, next_vector = loaded
+            resumed_from = steps_done
     if next_vector is None:
         next_vector = start_vector(dim, entropy)
 
@@ -436,6 +441,7 @@ def _lanczos(
         stopped_early=m < num_steps,
         num_matvecs=num_matvecs,
         resumed_from=resumed_from,
+        discarded_state=discarded,
     )
 
 
@@ -449,6 +455,44 @@ def _check_sizes(dim: int, num_steps: int) -> tuple[int, int]:
     return int(dim), int(num_steps)
 
 
+def _canonical_identity(operator_identity: Mapping | None) -> dict:
+    """``operator_identity`` as it reads back from JSON (tuples as lists), checked JSON-able."""
+    if operator_identity is None:
+        return {}
+    if not isinstance(operator_identity, Mapping):
+        raise TypeError(f"operator_identity must be a mapping; got {type(operator_identity).__name__}")
+    try:
+        return json.loads(json.dumps(dict(operator_identity), sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"operator_identity must be JSON-able (finite numbers, str keys): {error}") from None
+
+
+def _flatten(identity: Mapping, prefix: str = "") -> dict:
+    """Nested mappings as one level of dotted keys: ``{"hessian": {"dtype": ..}}`` -> ``hessian.dtype``."""
+    flat = {}
+    for key, value in identity.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):  # (an empty mapping adds no key)
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _identity_differences(saved: Mapping, current: Mapping) -> list[str]:
+    """``"key: OLD in the state file, NEW now"`` for every dotted key whose value differs."""
+    saved_flat, current_flat = _flatten(saved), _flatten(current)
+
+    def shown(flat, key):
+        return json.dumps(flat[key]) if key in flat else "absent"
+
+    return [
+        f"{key}: {shown(saved_flat, key)} in the state file, {shown(current_flat, key)} now"
+        for key in sorted(saved_flat.keys() | current_flat.keys())
+        if key not in saved_flat or key not in current_flat or saved_flat[key] != current_flat[key]
+    ]
+
+
 def _save_state(
     path: Path,
     run_identity: dict,
@@ -458,18 +502,18 @@ def _save_state(
     residual_norms: np.ndarray,
     next_vector: np.ndarray,
 ) -> None:
-    """Atomically write the resumable state (np.savez to a temporary file, then os.replace)."""
+    """Atomically write the resumable state (np.savez to a temporary file, then os.replace).
+
+    The run's identity (sizes, seed, tolerance and the operator's identity) is one JSON string:
+    a unicode array, which loads without pickle.
+    """
     with atomic_write(path) as tmp:
         # Through a file object: np.savez would append ".npz" to a bare name.
         with open(tmp, "wb") as f:
             np.savez(
                 f,
                 format_version=np.int64(STATE_FORMAT_VERSION),
-                dim=np.int64(run_identity["dim"]),
-                num_steps=np.int64(run_identity["num_steps"]),
-                seed=run_identity["seed"],
-                breakdown_tol=np.float64(run_identity["breakdown_tol"]),
-                gram_schmidt_passes=np.int64(run_identity["gram_schmidt_passes"]),
+                identity=np.array(json.dumps(run_identity, sort_keys=True)),
                 steps_done=np.int64(steps_done),
                 alpha=alpha[:steps_done],
                 residual_norms=residual_norms[:steps_done],
@@ -484,10 +528,13 @@ def _load_state(
     basis: np.ndarray,
     alpha: np.ndarray,
     residual_norms: np.ndarray,
-) -> tuple[int, np.ndarray]:
+) -> tuple[int, np.ndarray] | str:
     """Validate a state file against this run and load it into the preallocated arrays.
 
-    Returns ``(steps_done, next_vector)``.
+    Returns ``(steps_done, next_vector)``, or why the file belongs to another run or operator
+    (a str naming every differing key, or the older format): the caller starts fresh. Raises
+    ValueError for a file that is unreadable or inconsistent in itself (corrupt, or not a state
+    file): that is no stale state but damage, and is named.
     """
     advice = "delete the file to start this run from scratch"
     try:
@@ -501,24 +548,21 @@ def _load_state(
             raise ValueError(f"Lanczos state file {str(path)!r} lacks the field {name!r}; {advice}")
         return fields[name]
 
-    if int(require("format_version")) != STATE_FORMAT_VERSION:
-        raise ValueError(
-            f"Lanczos state file {str(path)!r} has format_version {int(fields['format_version'])}, "
-            f"expected {STATE_FORMAT_VERSION}; {advice}"
-        )
-    for name, expected in run_identity.items():
-        saved = require(name)
-        if name == "seed":
-            matches = saved.shape == expected.shape and np.array_equal(saved, expected)
-            shown_saved, shown_expected = saved.tolist(), expected.tolist()
-        else:
-            matches = saved.shape == () and saved.item() == expected
-            shown_saved, shown_expected = saved.tolist(), expected
-        if not matches:
-            raise ValueError(
-                f"Lanczos state file {str(path)!r} belongs to a different run: {name} is "
-                f"{shown_saved} in the file but {shown_expected} now; {advice}"
-            )
+    version = require("format_version")
+    if version.shape != () or version.dtype.kind not in "iu":
+        raise ValueError(f"Lanczos state file {str(path)!r} has a malformed format_version; {advice}")
+    if int(version) != STATE_FORMAT_VERSION:
+        return f"it has format_version {int(version)} (an older hessflow), this hessflow writes {STATE_FORMAT_VERSION}"
+    identity = require("identity")
+    try:
+        saved = json.loads(str(identity.item()))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"Lanczos state file {str(path)!r} has a malformed identity ({error}); {advice}") from None
+    differences = _identity_differences(saved, run_identity)
+    if differences:
+        return "it belongs to another run or operator: " + "; ".join(differences)
 
     steps_done = int(require("steps_done"))
     dim = run_identity["dim"]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster"]
+__all__ = ["LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster", "operator_identity"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class LanczosJobSpec:
         strategy, workers: ``hessflow.distribute.STRATEGIES`` and replicas per worker.
         state_file: the resumable Lanczos state (undeclared, beside the outputs).
         outputs: ``{"tridiag", "provenance", "vectors" (optional)}`` paths.
+        checkpoint_record: the train job's ``{step: sha256}`` of its checkpoints
+            (``train/checkpoints.json``), checked before the checkpoint is loaded; None checks nothing.
     """
 
     checkpoint: str
@@ -59,6 +61,7 @@ class LanczosJobSpec:
     outputs: dict
     strategy: str = "default"
     workers: int = 1
+    checkpoint_record: str | None = None
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> LanczosJobSpec:
@@ -99,20 +102,26 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     import tensorflow as tf
 
     import hessflow
-    from hessflow import artifacts, checkpoints, data, factories, objectives
+    from hessflow import artifacts, checkpoints, data, factories, integrity, objectives
     from hessflow.hvp import HessianOperator
     from hessflow.lanczos import lanczos
 
     start = time.perf_counter()
     hessian, objective = spec.hessian, spec.objective
     x, y = np.load(spec.images), np.load(spec.labels)
-    if hessian["max_examples"] is not None:
-        x, y = x[: hessian["max_examples"]], y[: hessian["max_examples"]]
     # From the data card, never from the labels at hand (a truncated set may miss classes).
     card = json.loads(Path(spec.card).read_text())
+    # The arrays prepare_data wrote (the card's sha256), and part of the operator's identity.
+    data_sha256 = integrity.check_data_arrays(
+        {"x_train": (spec.images, x), "y_train": (spec.labels, y)}, card, spec.card
+    )
+    if hessian["max_examples"] is not None:
+        x, y = x[: hessian["max_examples"]], y[: hessian["max_examples"]]
     model = factories.build_model(
         spec.model["factory"], spec.model["options"], card=card, dtype=hessian["dtype"], seed=spec.run_seed
     )
+    if spec.checkpoint_record is not None:
+        integrity.check_checkpoint(spec.checkpoint, spec.step, spec.checkpoint_record)
     checkpoints.load_checkpoint(model, spec.checkpoint)
     checksum = checkpoints.weights_checksum(model)
     distribute.check_same_weights(strategy, checksum)
@@ -152,6 +161,9 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         keep_vectors="vectors" in spec.outputs,
         state_file=state_file,
         save_every=spec.save_every,
+        # A saved state resumes only into the same operator; another one starts fresh, logged.
+        operator_identity=operator_identity(spec, checksum, data_sha256, operator.num_replicas),
+        log=log,
         progress=_progress_logger(log, lanczos_start),
     )
     if result.resumed_from is not None:
@@ -167,6 +179,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     artifacts.save_npy(outputs["tridiag"], result.tridiag)
     if "vectors" in outputs:
         artifacts.save_npy(outputs["vectors"], result.vectors)
+    written = {name: path for name, path in outputs.items() if name != "provenance"}
     provenance = {
         "step": step,
         "draw": draw,
@@ -175,6 +188,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "requested_steps": spec.num_steps,
         "stopped_early": bool(result.stopped_early),
         "resumed_from": result.resumed_from,
+        "discarded_state": result.discarded_state,
         "dim": operator.dim,
         "num_examples": operator.num_examples,
         "batch_size": hessian["batch_size"],
@@ -194,6 +208,9 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "gradient_norm": float(np.linalg.norm(gradient)),
         "checkpoint": spec.checkpoint,
         "weights_sha256": checksum,
+        "data_sha256": data_sha256,
+        # What aggregation and hessflow-reproduce verify each file against (hessflow.integrity).
+        integrity.OUTPUTS_SHA256: integrity.outputs_sha256(written),
         "wall_seconds": time.perf_counter() - start,
         "lanczos_seconds": time.perf_counter() - lanczos_start,
         "hessflow_version": hessflow.__version__,
@@ -206,6 +223,26 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     if os.path.exists(state_file):  # outputs are in place: the resumable state has served
         os.remove(state_file)
     return provenance
+
+
+def operator_identity(spec: LanczosJobSpec, weights_sha256: str, data_sha256: dict, replicas: int) -> dict:
+    """Everything that defines the Hessian operator of a job: a state saved under another is not resumed.
+
+    The checkpoint's weights (sha256 of the loaded variables), the training arrays (their sha256)
+    and ``hessian.max_examples``, every ``hessian.*`` value (batch size, batch-norm mode, compute
+    dtype), the loss, weight decay and preprocessing, the model factory and options, and the
+    distribution (strategy, workers, replicas: they change the summation order of the products).
+    """
+    return {
+        "weights_sha256": weights_sha256,
+        "data_sha256": dict(data_sha256),
+        "hessian": dict(spec.hessian),
+        "objective": dict(spec.objective),
+        "model": dict(spec.model),
+        "strategy": spec.strategy,
+        "workers": spec.workers,
+        "replicas": replicas,
+    }
 
 
 def _free_ports(count: int) -> list[int]:

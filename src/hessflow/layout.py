@@ -8,7 +8,7 @@ about where a file is. Pure Python (no numpy, no TensorFlow, no Snakemake)::
         config.json                          the resolved config (defaults filled)
         manifest.tsv                         size and sha256 of every artifact
         data/{train,test}_{images,labels}.npy, data/dataset.json
-        checkpoints/step_{s}.weights.h5      train/history.csv
+        checkpoints/step_{s}.weights.h5      train/history.csv, train/checkpoints.json (their sha256)
         evaluation/step_{s}.json
         lanczos/step_{s}/tridiag_{d}.npy, provenance_{d}.json, lanczos_vec_{d}.npy (optional)
         lanczos/step_{s}/.state_{d}.npz      resumable Lanczos state (undeclared; gone when done)
@@ -136,6 +136,11 @@ class RunLayout:
     @property
     def history(self) -> str:
         return self.path("train/history.csv")
+
+    @property
+    def checkpoint_record(self) -> str:
+        """``{step: sha256}`` of every checkpoint the train job saved (`hessflow.integrity`)."""
+        return self.path("train/checkpoints.json")
 
     def evaluation(self, step: int | str) -> str:
         return self.path(f"evaluation/step_{step}.json")

@@ -83,30 +83,23 @@ def density_figure(
 ) -> Figure:
     """The eigenvalue density of one checkpoint, on a log y axis.
 
-    Parameters
-    ----------
-    grid : array_like, shape (G,)
-        Eigenvalues at which the density is evaluated (eigenvalue units),
-        increasing, e.g. from :func:`hessflow.density.density_from_tridiags`.
-    density : array_like, shape (G,)
-        Density on ``grid`` (1 / eigenvalue units). Values below ``floor``,
-        including zeros and rounding negatives, are drawn at ``floor``.
-    title : str, optional
-        Axes title, e.g. ``"step 1000"``.
-    stats : mapping, optional
-        Summary statistics as returned by :func:`hessflow.density.summarize`.
-        ``lambda_max``, ``lambda_min``, ``trace`` and ``negative_mass`` (with
-        ``negative_cutoff`` when present) are listed in a text box; vertical
-        lines mark ``lambda_max`` and ``lambda_min``. Other keys are ignored.
-    floor : float
-        Smallest density drawn, > 0.
+    Args:
+        grid: array_like, shape (G,); the eigenvalues at which the density is evaluated
+            (eigenvalue units), increasing, e.g. from
+            :func:`hessflow.density.density_from_tridiags`.
+        density: array_like, shape (G,); the density on ``grid`` (1 / eigenvalue units). Values
+            below ``floor``, including zeros and rounding negatives, are drawn at ``floor``.
+        title: optional axes title, e.g. ``"step 1000"``.
+        stats: optional mapping of summary statistics as returned by
+            :func:`hessflow.density.summarize`. ``lambda_max``, ``lambda_min``, ``trace`` and
+            ``negative_mass`` (with ``negative_cutoff`` when present) are listed in a text box;
+            vertical lines mark ``lambda_max`` and ``lambda_min``. Other keys are ignored.
+        floor: float, the smallest density drawn, > 0.
 
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One Axes (label ``"density"``) holding the density line
-        (gid ``"density"``) and, with ``stats``, the lines
-        ``"lambda_max"`` and ``"lambda_min"``.
+    Returns:
+        a ``matplotlib.figure.Figure`` with one Axes (label ``"density"``) holding the density
+        line (gid ``"density"``) and, with ``stats``, the lines ``"lambda_max"`` and
+        ``"lambda_min"``.
     """
     grid, density = _check_density_curve(grid, density, "density")
     _check_floor(floor)
@@ -134,38 +127,28 @@ def trajectory_figure(
 ) -> Figure:
     """Densities and summary statistics of every checkpoint of a training run.
 
-    Parameters
-    ----------
-    densities : sequence of (step, grid, density)
-        One entry per checkpoint: the training step (int), the grid, shape
-        (G_i,), and the density on it, shape (G_i,) -- grids may differ
-        between steps. Drawn in increasing step order.
-    summary : pandas.DataFrame
-        One row per checkpoint with the columns :data:`SUMMARY_COLUMNS`
-        (``step``, ``lambda_max``, ``lambda_min``, ``negative_mass``; as in
-        the run's ``summary.csv``). An optional ``test_accuracy`` column is
-        drawn on a twin axis of the negative-mass panel; other columns (e.g.
-        ``train_loss``, ``test_loss``) are ignored.
-    floor : float
-        Smallest density drawn, > 0 (see :func:`density_figure`).
+    Args:
+        densities: a sequence of ``(step, grid, density)``, one entry per checkpoint: the
+            training step (int), the grid, shape (G_i,), and the density on it, shape (G_i,) --
+            grids may differ between steps. Drawn in increasing step order.
+        summary: a ``pandas.DataFrame`` with one row per checkpoint and the columns
+            :data:`SUMMARY_COLUMNS` (``step``, ``lambda_max``, ``lambda_min``,
+            ``negative_mass``; as in the run's ``summary.csv``). An optional ``test_accuracy``
+            column is drawn on a twin axis of the negative-mass panel; other columns (e.g.
+            ``train_loss``, ``test_loss``) are ignored.
+        floor: float, the smallest density drawn, > 0 (see :func:`density_figure`).
 
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Axes, by label:
+    Returns:
+        a ``matplotlib.figure.Figure`` with these Axes, by label:
 
-        ``"densities"`` (left, full height)
-            All densities on a log y axis, one line per step (gid
-            ``"density_step_{step}"``), coloured by step (viridis), with a
-            colour bar.
-        ``"extreme_eigenvalues"`` (top right)
-            ``lambda_max`` and ``|lambda_min|`` against step (gids
-            ``"lambda_max"``, ``"abs_lambda_min"``), log y so that their
-            ratio reads as a vertical distance.
-        ``"negative_mass"`` (bottom right)
-            Negative mass against step (gid ``"negative_mass"``), and on a
-            twin axis labelled ``"test_accuracy"`` the test accuracy (gid
-            ``"test_accuracy"``) when the summary has it.
+        - ``"densities"`` (left, full height): all densities on a log y axis, one line per step
+          (gid ``"density_step_{step}"``), coloured by step (viridis), with a colour bar.
+        - ``"extreme_eigenvalues"`` (top right): ``lambda_max`` and ``|lambda_min|`` against
+          step (gids ``"lambda_max"``, ``"abs_lambda_min"``), log y so that their ratio reads as
+          a vertical distance.
+        - ``"negative_mass"`` (bottom right): negative mass against step (gid
+          ``"negative_mass"``), and on a twin axis labelled ``"test_accuracy"`` the test
+          accuracy (gid ``"test_accuracy"``) when the summary has it.
     """
     curves = _check_trajectory_densities(densities)
     summary = _check_summary(summary)

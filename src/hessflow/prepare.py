@@ -24,6 +24,7 @@ def prepare_dataset(
     preprocess: str = "auto",
     seed: int = 0,
     archive: str | None = None,
+    archive_sha256: str | None = None,
 ):
     """Load ``factory``'s data set and describe it.
 
@@ -34,6 +35,8 @@ def prepare_dataset(
             preprocessing that does not fit the data fails before training).
         seed: the run seed (passed to factories that declare ``seed``).
         archive: the CIFAR-10 archive path (passed to factories that declare ``archive``).
+        archive_sha256: its expected sha256, ``data.cifar10.sha256`` (passed to factories that
+            declare ``archive_sha256``; the cifar10 factory verifies the archive against it).
 
     Returns:
         ``(train, test, card)``: the ``(x, y)`` pairs as returned (integer labels as int64) and
@@ -43,6 +46,8 @@ def prepare_dataset(
     context: dict[str, Any] = {"seed": int(seed)}
     if archive is not None:
         context["archive"] = archive
+    if archive_sha256 is not None:
+        context["archive_sha256"] = archive_sha256
     (x_train, y_train), (x_test, y_test) = load_data(factory, options, context=context)
     if np.issubdtype(y_train.dtype, np.integer) != np.issubdtype(y_test.dtype, np.integer):
         raise ValueError(

@@ -30,12 +30,14 @@ Imports numpy, scipy, pandas and matplotlib only (the base install): never Tenso
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
 import sys
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +45,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hessflow import artifacts
+from hessflow import artifacts, integrity
 from hessflow.density import density_from_ritz, ritz, summarize
 from hessflow.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, RunLayout
 from hessflow.plots import density_figure, save_figure, trajectory_figure
+from hessflow.sanity import diverged
 
 __all__ = [
     "CONFIG_FILE",
@@ -135,6 +138,13 @@ def density_and_stats(
     )
     stats = summarize(values, weights, dim, negative_threshold=density_config["negative_threshold"])
     stats["dim"] = dim
+    bad = [key for key, value in stats.items() if not math.isfinite(value)]
+    if bad or not np.all(np.isfinite(grid)) or not np.all(np.isfinite(density)):
+        # Never a finished artifact that holds NaN or Inf.
+        raise ValueError(
+            f"non-finite {', '.join(bad) or 'density'} (density config {dict(density_config)}); "
+            "check that every density.* value is finite"
+        )
     return np.stack([grid, density]), stats
 
 
@@ -157,8 +167,19 @@ def summary_row(step: int, stats: Mapping, evaluation: Mapping, provenance: Mapp
 
 
 def summary_table(rows: Sequence[Mapping]) -> pd.DataFrame:
-    """The rows of :func:`summary_row` as the ``summary.csv`` table (``to_csv(index=False)``)."""
-    return pd.DataFrame(list(rows))
+    """The rows of :func:`summary_row` (in step order) as the ``summary.csv`` table
+    (``to_csv(index=False)``), with a last column ``diverged``.
+
+    ``diverged`` (bool) flags a checkpoint whose train loss is not finite or above
+    :data:`hessflow.sanity.DIVERGENCE_FACTOR` (10) times the train loss of the first row (the
+    initialization, step 0, unless ``spectrum.steps`` leaves it out): its spectrum describes a
+    diverged model (:func:`hessflow.sanity.diverged`, the rule of the train log's warning too).
+    """
+    table = pd.DataFrame(list(rows))
+    if len(table):
+        start = table["train_loss"].iloc[0]
+        table["diverged"] = [diverged([loss], start=start) for loss in table["train_loss"]]
+    return table
 
 
 def density_step_figure(density_array: np.ndarray, stats: Mapping, step: int):
@@ -191,7 +212,9 @@ def required_inputs(config: Mapping) -> list[str]:
     paths = [CONFIG_FILE]
     for step in analysed_steps(config):
         paths += [RELATIVE.tridiag(step, draw) for draw in range(config["lanczos"]["draws"])]
-        paths += [RELATIVE.provenance(step, 0), RELATIVE.evaluation(step)]
+        # Every draw's provenance: the sha256 each tridiagonal is verified against.
+        paths += [RELATIVE.provenance(step, draw) for draw in range(config["lanczos"]["draws"])]
+        paths.append(RELATIVE.evaluation(step))
     return paths
 
 
@@ -259,6 +282,17 @@ def verify_run(root: str | os.PathLike) -> Verification:
             result.problems.append(f"not in manifest: {path} (needed to rebuild)")
         elif path in result.not_shipped:
             result.problems.append(f"not shipped: {path} (needed to rebuild)")
+    # Each tridiagonal against its Lanczos job's own record too (hessflow.integrity): a manifest
+    # rewritten after a tridiagonal changed cannot certify it.
+    for step in analysed_steps(config):
+        for draw in range(config["lanczos"]["draws"]):
+            paths = (RELATIVE.tridiag(step, draw), RELATIVE.provenance(step, draw))
+            if any(_names(problem, path) for problem in result.problems for path in paths):
+                continue  # already named
+            try:
+                integrity.load_tridiag(root / paths[0], root / paths[1], draw)
+            except integrity.IntegrityError as error:
+                result.problems.append(f"refused: {paths[0]} ({error})")
     result.config = config
     return result
 
@@ -287,7 +321,8 @@ def rebuild(root: str | os.PathLike, out: str | os.PathLike, config: Mapping) ->
     for step in steps:
         files = target.spectrum_files(step)
         Path(files["tridiags"]).parent.mkdir(parents=True, exist_ok=True)
-        stacked, values, weights = aggregate([np.load(source.tridiag(step, draw)) for draw in draws])
+        stacked, values, weights = aggregate(integrity.load_tridiags(
+            [source.tridiag(step, draw) for draw in draws], [source.provenance(step, draw) for draw in draws]))
         artifacts.save_npy(files["tridiags"], stacked)
         artifacts.save_npy(files["ritz_values"], values)
         artifacts.save_npy(files["ritz_weights"], weights)
@@ -324,8 +359,24 @@ def extract_archive(archive: str | os.PathLike, destination: str | os.PathLike) 
 
     Members must be regular files or folders inside one top-level folder (no links, no absolute
     paths, no ``..``).
+
+    Raises:
+        ValueError: an unsafe member, not one top-level folder, or an archive that is truncated
+            or corrupt (named, with what to do); what was extracted before is left in
+            ``destination`` (a scratch folder: :func:`main` removes it).
     """
-    destination = Path(destination)
+    try:
+        return _extract_archive(archive, Path(destination))
+    except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        # Where the damage is decides which of these a truncated or corrupt .tar.gz raises.
+        detail = " ".join(str(error).split()) or type(error).__name__  # tarfile's can span lines
+        raise ValueError(
+            f"{archive} is not a readable export archive ({detail}): it is truncated or corrupt; copy it "
+            "again, or make it again with `snakemake export`"
+        ) from None
+
+
+def _extract_archive(archive: str | os.PathLike, destination: Path) -> Path:
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
         tops = {Path(member.name).parts[0] for member in members if member.name not in ("", ".")}
@@ -365,8 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hessflow-reproduce-") as scratch:
         try:
             root = source if source.is_dir() else extract_archive(source, scratch)
-        except (tarfile.TarError, ValueError) as error:
-            print(f"hessflow-reproduce: cannot read {source}: {error}", file=sys.stderr)
+        except ValueError as error:  # names the archive and what to do; one line, no traceback
+            print(f"hessflow-reproduce: {error}", file=sys.stderr)
+            return 1
+        except (tarfile.TarError, OSError) as error:
+            print(f"hessflow-reproduce: cannot read {source}: {' '.join(str(error).split())}", file=sys.stderr)
             return 1
         verification = verify_run(root)
         if verification.not_shipped:

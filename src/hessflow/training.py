@@ -70,6 +70,7 @@ from hessflow.checkpoints import (
 from hessflow.evaluation import evaluate, is_classification
 from hessflow.models import decayed_variable_mask
 from hessflow.objectives import DEFAULT_LOSS, make_loss, per_example_loss
+from hessflow.sanity import DIVERGENCE_FACTOR, diverged
 from hessflow.schedule import learning_rate_schedule, rate_of_update
 
 __all__ = [
@@ -236,7 +237,9 @@ def train(
         seed: seeds the minibatch order and the augmentation (not the model's initialization).
         log_every: a history row (and a log line) every ``log_every`` updates and after the last.
         log: receives one progress line per history row
-            ("step s/n: loss ..., elapsed m:ss, estimated time left m:ss"); None for silence.
+            ("step s/n: loss ..., elapsed m:ss, estimated time left m:ss"), and one warning line
+            the first time a row's data loss is over 10 times that of the first minibatch
+            (:func:`hessflow.sanity.diverged`); None for silence.
         loss: a Keras loss object or per-example loss function (:mod:`hessflow.objectives`);
             default softmax cross-entropy on logits.
         preprocess: ``data.preprocess`` (:func:`hessflow.data.resolve_preprocess`): ``auto``
@@ -316,6 +319,8 @@ def train(
     start = time.perf_counter()
     after_first_update = None  # the first update includes tracing: excluded from the rate
     next_batch = next(minibatches) if num_steps else None
+    start_loss = None  # data loss of the first minibatch at the initial weights
+    warned = False
     for update in range(num_steps):
         x_batch, y_batch = next_batch
         objective, data_loss, correct = train_step(x_batch, y_batch)
@@ -325,6 +330,8 @@ def train(
         objective = float(objective)
         _raise_if_not_finite(objective, update, rate, "the minibatch loss")
         window.add(objective, float(data_loss), int(correct) if classification else math.nan, len(y_batch))
+        if start_loss is None:
+            start_loss = float(data_loss)
 
         step = update + 1
         if step == 1:
@@ -335,7 +342,18 @@ def train(
             rows.append(row)
             window = _Window()
             log(_progress_line(row, num_steps, start, after_first_update))
+            if not warned and diverged([row["data_loss"]], start=start_loss):
+                warned = True
+                log(_divergence_warning(row, start_loss))
     return _history_frame(rows)
+
+
+def _divergence_warning(row: dict, start_loss: float) -> str:
+    """The train log's one warning line when the data loss rises DIVERGENCE_FACTOR-fold (hessflow.sanity)."""
+    return (f"hessflow: warning: training diverged: data loss {row['data_loss']:.4g} at step {row['step']} is "
+            f"over {DIVERGENCE_FACTOR:g} times its value at the start ({start_loss:.4g}, the first minibatch at "
+            f"the initial weights); the checkpoints from here on describe a diverged model: lower "
+            f"training.learning_rate (summary.csv flags them in its `diverged` column)")
 
 
 class _Window:

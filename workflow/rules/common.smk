@@ -4,12 +4,15 @@
 
 import sys
 
+from snakemake.logging import logger
+
 # The run folder's paths come from hessflow.layout, the one place that spells them (shared with
 # the Lanczos job and hessflow-reproduce); imported from this checkout, as the scripts do.
 sys.path.insert(0, workflow.current_basedir.join("../../src").get_path_or_uri(secret_free=True))
 import hessflow
 from hessflow.factories import DATA_ALIASES, MODEL_ALIASES, check_importable
 from hessflow.layout import RunLayout
+from hessflow.sanity import check_finite, config_warnings
 
 # The package the jobs import must be the one this workflow was written for: the artifacts'
 # formats and the config keys belong to one version. From a checkout both are the checkout's;
@@ -23,6 +26,15 @@ if WORKFLOW_VERSION != hessflow.__version__:
         f"pip install 'hessflow[workflow]=={WORKFLOW_VERSION}' (or pip install -e '.[workflow]' in a "
         f"checkout of v{WORKFLOW_VERSION}), or point the module at the workflow of v{hessflow.__version__}"
     )
+
+# Numbers the schema lets through but that mean nothing: YAML's .inf, -.inf and .nan are floats,
+# and a NaN passes every minimum and maximum. Refused here, before any job runs.
+try:
+    check_finite(config)
+except ValueError as error:
+    raise WorkflowError(f"hessflow: {error}") from None
+for _warning in config_warnings(config):
+    logger.warning(_warning)
 
 RUN = config["run_name"]
 LAYOUT = RunLayout.for_run(RUN)
@@ -130,7 +142,7 @@ def artifacts():
     job but its Lanczos draws.
     """
     files = [*data_files("train").values(), *data_files("test").values(), LAYOUT.dataset_card]
-    files += [checkpoint_file(step) for step in TRAIN_STEPS] + [LAYOUT.history]
+    files += [checkpoint_file(step) for step in TRAIN_STEPS] + [LAYOUT.history, LAYOUT.checkpoint_record]
     files += [LAYOUT.evaluation(step) for step in TRAIN_STEPS]
     for step in STEPS:
         for draw in DRAWS:

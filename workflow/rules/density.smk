@@ -1,6 +1,8 @@
 rule aggregate:
     input:
         tridiags=[LAYOUT.tridiag("{step}", draw) for draw in DRAWS],
+        # Each draw's sha256 record: a tridiagonal changed after its job is refused.
+        provenance=[LAYOUT.provenance("{step}", draw) for draw in DRAWS],
     output:
         tridiags=spectrum_files("{step}")["tridiags"],
         ritz_values=spectrum_files("{step}")["ritz_values"],

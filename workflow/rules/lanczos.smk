@@ -10,6 +10,7 @@ rule lanczos:
         **data_files("train"),
         checkpoint=checkpoint_file("{step}"),
         card=LAYOUT.dataset_card,
+        checkpoint_record=LAYOUT.checkpoint_record,
     # Preemption: the job keeps its resumable state beside these outputs, undeclared (so that
     # Snakemake does not delete it with an incomplete job's outputs), at the path that
     # hessflow.layout derives from the tridiag output: under a module's prefix too.

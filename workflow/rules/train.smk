@@ -5,6 +5,7 @@ rule train:
     output:
         checkpoints=[checkpoint_file(step) for step in TRAIN_STEPS],
         history=LAYOUT.history,
+        checkpoint_record=LAYOUT.checkpoint_record,
     log:
         log_file("train"),
     benchmark:
@@ -35,6 +36,7 @@ rule evaluate:
         test_images=data_files("test")["images"],
         test_labels=data_files("test")["labels"],
         card=LAYOUT.dataset_card,
+        checkpoint_record=LAYOUT.checkpoint_record,
     output:
         LAYOUT.evaluation("{step}"),
     log:
