@@ -113,7 +113,8 @@ def test_every_saved_checkpoint_is_evaluated_and_only_analysed_ones_get_lanczos_
     assert {key for key in planned if key[0] == "lanczos"} == lanczos_jobs([20], [0, 1])
     train_outputs = planned[job("train")]
     assert sorted(train_outputs) == sorted(
-        [f"results/small/checkpoints/step_{s}.weights.h5" for s in (10, 20)] + ["results/small/train/history.csv"])
+        [f"results/small/checkpoints/step_{s}.weights.h5" for s in (10, 20)]
+        + ["results/small/train/history.csv", "results/small/train/checkpoints.json"])
 
 
 def test_spectrum_steps_null_analyses_every_saved_checkpoint(tmp_path):
