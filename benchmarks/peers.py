@@ -2,9 +2,10 @@
 
 The TensorFlow side (hessflow) runs in this process (hessflow's venv); the PyTorch peers run in
 worker processes of the peers' venv (benchmarks/.venv-peers, see requirements-peers.txt), one per
-glibc allocator setting (default, and the FIELD-NOTES' MALLOC_* settings that cut PyTorch's page
-faults). Only one process computes at a time: this script sends each worker one command and waits
-for it, interleaving the tools round by round (order rotated), and reports medians.
+glibc allocator setting (default, and MALLOC_* settings that keep PyTorch from returning and
+re-faulting its memory: about a million page faults per HVP pass otherwise, measured here).
+Only one process computes at a time: this script sends each worker one command and waits for it,
+interleaving the tools round by round (order rotated), and reports medians.
 
 1. Time per Lanczos step, each tool through its own Lanczos (hessflow ``lanczos`` with full
    reorthogonalization; PyHessian ``density``; hessian-eigenthings ``lanczos_tridiagonal`` with
@@ -292,7 +293,8 @@ def main():
     body = "\n".join([
         f"Device: {args.device}; {threads} threads for TensorFlow and torch alike; torch {torch_version}. "
         "Loss: mean cross-entropy, weight decay 0 in every tool. `tuned` = the worker ran with "
-        + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + " (glibc malloc settings; FIELD-NOTES).",
+        + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
+        + " (glibc malloc settings that cut PyTorch's page faults).",
         "",
         f"### Time per Lanczos step: ResNet without batch norm, n = {op.dim:,}, {args.images:,} generated "
         f"32×32×3 images, batch {args.batch}",
