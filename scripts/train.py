@@ -29,7 +29,7 @@ loss = objectives.make_loss(objective["loss"]["name"], objective["loss"].get("op
 # Model, loss and data must fit before hours of training: a clear error now, naming both shapes.
 sample = min(len(x), 8)
 preprocess = data.resolve_preprocess(objective["preprocess"], x[:sample])
-objectives.check_objective(model, loss, preprocess(x[:sample], training.compute_dtype(model)), y[:sample])
+objectives.check_objective(model, loss, preprocess(x[:sample], models.compute_dtype(model)), y[:sample])
 checkpoint_for = dict(zip(params.checkpoint_steps, snakemake.output.checkpoints))
 config = params.training
 history = training.train(

@@ -8,7 +8,8 @@ checksum mismatch (test_data.py, test_download.py, test_workflow.py), a missing 
 of another architecture (test_training.py), NaN weights (test_hvp.py), a non-finite loss at a
 checkpoint (test_factories.py), a non-finite operator output (test_lanczos.py), a SIGKILLed
 Lanczos job and Snakemake (test_preemption.py), a Lanczos job rerun bit for bit
-(test_workflow.py), a tampered artifact before reproducing (test_reproduce.py).
+(test_workflow.py), a tampered artifact before reproducing (test_reproduce.py). The whole list, row
+by row, is in the README's "When things go wrong".
 
 Signals and a full disk are real: the Lanczos run and the artifact write run in child processes
 that are killed (a child blocks at a known point and says so on stdout, so the kill lands there,
@@ -33,7 +34,18 @@ import pytest
 
 from hessflow import artifacts
 from hessflow.lanczos import lanczos
-from small_run import SMALL_CONFIG, SNAKEFILE, SNAKEMAKE, fresh_copy, results, snakemake, snapshot, write_config
+from small_run import (
+    RUN,
+    SMALL_CONFIG,
+    SNAKEFILE,
+    SNAKEMAKE,
+    baseline,
+    fresh_copy,
+    results,
+    snakemake,
+    snapshot,
+    write_config,
+)
 
 TIMEOUT = 300
 
@@ -328,3 +340,104 @@ def test_sigterm_of_a_job_mid_write_removes_the_temporary_file_and_exits_143(tmp
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 143, done.stderr
     assert list(tmp_path.iterdir()) == []  # neither the artifact nor its temporary file
+
+
+# ------------------------------------------------------------------------------------------------
+# Training interrupted: a signal during a checkpoint write; Snakemake and its train job SIGKILLed
+# ------------------------------------------------------------------------------------------------
+TRAIN_CHILD = """
+    import sys, time
+    from hessflow import artifacts, data, jobs, models, training
+
+    jobs.exit_cleanly_on_sigterm()  # as every workflow job does (hessflow.jobs.start_job)
+    folder, block = sys.argv[1], sys.argv[2] == "block"
+    save = training.save_checkpoint
+
+    def save_or_block(model, path):
+        if block and str(path).endswith("step_10.weights.h5"):  # half-way through writing step 10
+            with artifacts.atomic_write(path, suffix=".weights.h5") as tmp:
+                model.save_weights(tmp)
+                print("blocked", flush=True)
+                time.sleep(600)
+        return save(model, path)
+
+    training.save_checkpoint = save_or_block
+    (x, y), _ = data.digits()
+    training.train(models.mlp(seed=0), x[:200], y[:200], num_steps=10, batch_size=50, learning_rate=0.1,
+                   checkpoint_steps=[0, 5, 10], checkpoint_path=lambda s: f"{folder}/step_{s}.weights.h5",
+                   log=None)
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_signal_during_a_checkpoint_write_keeps_earlier_checkpoints_whole_and_a_rerun_gives_the_same_bits(
+        tmp_path, kill):
+    process = child(TRAIN_CHILD, tmp_path, "block")
+    wait_for_line(process, "blocked")
+    process.send_signal(kill)
+    assert process.wait(timeout=60) == (143 if kill == signal.SIGTERM else -kill)
+
+    files = sorted(path.name for path in tmp_path.iterdir())
+    whole = ["step_0.weights.h5", "step_5.weights.h5"]
+    if kill == signal.SIGTERM:  # the job unwinds: atomic_write removes its temporary file
+        assert files == whole
+    else:  # no clean-up can run: a hidden temporary stays, never under the checkpoint's name
+        assert files[-2:] == whole and len(files) == 3 and files[0].startswith(".step_10.weights.h5.tmp-"), files
+    before = {name: (tmp_path / name).read_bytes() for name in whole}
+
+    rerun = child(TRAIN_CHILD, tmp_path, "run")
+    wait_for_line(rerun, "done")
+    assert rerun.wait(timeout=60) == 0
+    assert (tmp_path / "step_10.weights.h5").is_file()
+    assert {name: (tmp_path / name).read_bytes() for name in whole} == before, "training is deterministic"
+
+
+VOLATILE = ("wall_seconds", "lanczos_seconds")  # what two runs of a job may differ in
+
+
+def run_contents(workdir) -> dict[str, object]:
+    """The run folder's files (logs, benchmarks and the resumable state aside) by path: the sha256
+    of each, except what holds wall times: a provenance JSON less its timings; the manifest less
+    the provenance files' lines (their hashes cover the timings)."""
+    contents = {}
+    for path, (_, digest) in snapshot(workdir).items():
+        file = workdir / path
+        if path.endswith(".json") and "/lanczos/" in path:
+            contents[path] = {k: v for k, v in json.loads(file.read_text()).items() if k not in VOLATILE}
+        elif path.endswith("manifest.tsv"):
+            contents[path] = [line for line in file.read_text().splitlines() if "/provenance_" not in line]
+        else:
+            contents[path] = digest
+    return contents
+
+
+@pytest.mark.slow  # runs Snakemake
+def test_sigkilled_train_job_and_snakemake_rerun_after_unlock_into_the_clean_runs_bits(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("train_killed")
+    train_log = results(workdir) / "logs" / "train.log"
+    command = [str(SNAKEMAKE), "--directory", str(workdir), "--snakefile", str(SNAKEFILE),
+               "--configfile", str(write_config(workdir, SMALL_CONFIG)), "--cores", "1"]
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        # The job has built its model (hessflow's scripts print the parameter count first).
+        while not (train_log.exists() and "trainable parameters" in train_log.read_text()):
+            assert process.poll() is None, "Snakemake ended before the train job started"
+            assert time.monotonic() < deadline, "timed out waiting for the train job"
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a preemption would
+        process.wait(timeout=30)
+    run = results(workdir)
+    assert not (run / "train" / "history.csv").exists(), "the kill landed after the train job"
+    assert not (run / "train" / "checkpoints.json").exists()
+
+    locked = snakemake(workdir, SMALL_CONFIG, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr, "the lock a kill leaves"
+    snakemake(workdir, SMALL_CONFIG, "--unlock")
+    snakemake(workdir, SMALL_CONFIG)  # rerun-incomplete (the profile): the killed job's outputs go first
+    clean = run_contents(baseline(tmp_path_factory))
+    assert run_contents(workdir) == clean, "two runs of one config, one of them killed, give the same bits"
+    assert len(clean) > 20 and f"results/{RUN}/spectrum/step_20/density.npy" in clean

@@ -351,6 +351,17 @@ def worker_batches(batches: list, worker: int, num_workers: int) -> list:
     return [batches[j] for j in worker_batch_indices(len(batches), worker, num_workers)]
 
 
+def check_examples(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (N, ...) and ``y`` (N, ...) as arrays, checked to have one row per example each."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 1 or y.ndim < 1:
+        raise ValueError(f"x and y need one row per example, got shapes {x.shape} and {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)} (shapes {x.shape} and {y.shape})")
+    return x, y
+
+
 def _check_same_length(x, y) -> None:
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")

@@ -6,6 +6,10 @@ import numpy as np
 import tensorflow as tf
 
 from hessflow import data
+from hessflow.data import check_examples
+from hessflow.models import compute_dtype
+from hessflow.objectives import DEFAULT_LOSS, make_loss, per_example_loss
+from hessflow.sanity import non_negative_int
 
 __all__ = ["evaluate", "is_classification"]
 
@@ -40,11 +44,8 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, *, batch_size: int, loss=None,
         ``{"loss": float (mean per-example loss), "num_examples": int N}``, plus
         ``"accuracy"`` (fraction of argmax outputs equal to the label) for integer labels.
     """
-    from hessflow.objectives import DEFAULT_LOSS, make_loss, per_example_loss
-    from hessflow.training import _non_negative_int, check_examples, compute_dtype
-
     x, y = check_examples(x, y)
-    batch_size = _non_negative_int(batch_size, "batch_size")
+    batch_size = non_negative_int(batch_size, "batch_size")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(x) == 0:

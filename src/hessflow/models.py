@@ -322,6 +322,11 @@ def _iter_layers(model: keras.Model):
     yield from model._flatten_layers(include_self=False, recursive=True)
 
 
+def compute_dtype(model: keras.Model) -> str:
+    """The dtype of the model's trainable variables ("float32" or "float64")."""
+    return str(model.trainable_variables[0].dtype)
+
+
 def decayed_variable_mask(model: keras.Model) -> list[bool]:
     """Which trainable variables weight decay applies to, aligned with
     ``model.trainable_variables``: True for convolution and dense kernels (``EinsumDense`` ones

@@ -17,6 +17,8 @@ Snakemake; PyYAML only inside :func:`load_config_file`):
   updates, 5.7e12 at the end, accuracy at chance), and a tenfold rise above the start is beyond
   minibatch noise.
 
+:func:`non_negative_int` is the count check training and evaluation share (a step or batch count).
+
 :func:`load_config_file` reads a config file as Snakemake does, but names the file, line and
 column of a YAML syntax error (Snakemake's ``--configfile`` says only "Config file is not valid
 JSON or YAML"); ``python -m hessflow.sanity FILE ...`` runs it and :func:`check_finite` on each
@@ -26,6 +28,7 @@ file.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +43,7 @@ __all__ = [
     "load_config_file",
     "main",
     "non_finite_numbers",
+    "non_negative_int",
 ]
 
 #: A loss above this many times its value at the start counts as diverged (see the module docstring).
@@ -97,6 +101,15 @@ def config_warnings(config: Mapping) -> list[str]:
             "lambda_max = lambda_min and the density is one Gaussian; use lanczos.steps >= 10 for a spectrum"
         )
     return warnings
+
+
+def non_negative_int(value, name: str) -> int:
+    """``value`` as an int; a bool, a non-integer or a negative number is refused, naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
 
 
 def diverged(losses: Sequence[float], start: float | None = None, factor: float = DIVERGENCE_FACTOR) -> bool:

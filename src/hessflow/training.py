@@ -67,10 +67,11 @@ from hessflow.checkpoints import (
     save_checkpoint,
     weights_checksum,
 )
+from hessflow.data import check_examples
 from hessflow.evaluation import evaluate, is_classification
-from hessflow.models import decayed_variable_mask
+from hessflow.models import compute_dtype, decayed_variable_mask
 from hessflow.objectives import DEFAULT_LOSS, make_loss, per_example_loss
-from hessflow.sanity import DIVERGENCE_FACTOR, diverged
+from hessflow.sanity import DIVERGENCE_FACTOR, diverged, non_negative_int
 from hessflow.schedule import learning_rate_schedule, rate_of_update
 
 __all__ = [
@@ -93,11 +94,6 @@ HISTORY_COLUMNS = ("step", "loss", "data_loss", "accuracy", "learning_rate")
 # ================================================================================================
 # Objective and input pipeline
 # ================================================================================================
-def compute_dtype(model: keras.Model) -> str:
-    """The dtype of the model's trainable variables ("float32" or "float64")."""
-    return str(model.trainable_variables[0].dtype)
-
-
 def weight_penalty(decayed_variables, weight_decay: float, dtype):
     """(weight_decay / 2) * sum of squared entries of the decayed variables (a scalar tensor)."""
     if weight_decay == 0.0 or not decayed_variables:
@@ -106,17 +102,6 @@ def weight_penalty(decayed_variables, weight_decay: float, dtype):
     # tf.constant with the dtype, not tf.cast: tf.cast of a Python float rounds it to float32
     # first, which would perturb a float64 (validation) objective at the 1e-9 level.
     return tf.constant(0.5 * weight_decay, dtype) * tf.add_n(squares)
-
-
-def check_examples(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` (N, ...) and ``y`` (N, ...) as arrays, checked to have one row per example each."""
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim < 1 or y.ndim < 1:
-        raise ValueError(f"x and y need one row per example, got shapes {x.shape} and {y.shape}")
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} examples but y has {len(y)} (shapes {x.shape} and {y.shape})")
-    return x, y
 
 
 def _training_minibatches(
@@ -262,15 +247,15 @@ def train(
     x, y = check_examples(x, y)
     loss = make_loss(**DEFAULT_LOSS) if loss is None else loss
     classification = is_classification(y)
-    num_steps = _non_negative_int(num_steps, "num_steps")
-    batch_size = _non_negative_int(batch_size, "batch_size")
+    num_steps = non_negative_int(num_steps, "num_steps")
+    batch_size = non_negative_int(batch_size, "batch_size")
     if not 1 <= batch_size <= len(x):
         raise ValueError(
             f"batch_size must be in 1..N = 1..{len(x)} (training examples), got {batch_size}")
     if augment and not data.is_image_batch(x):
         raise ValueError(f"augment (pad-crop-flip) needs raw images (N, H, W, C) of uint8, got x of shape "
                          f"{x.shape} and dtype {x.dtype}; set training.augment: false")
-    log_every = _non_negative_int(log_every, "log_every")
+    log_every = non_negative_int(log_every, "log_every")
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum < 1.0):
@@ -400,13 +385,3 @@ def _history_frame(rows: list[dict]) -> pd.DataFrame:
     history = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
     return history.astype({"step": np.int64, "loss": np.float64, "data_loss": np.float64,
                            "accuracy": np.float64, "learning_rate": np.float64})
-
-
-def _non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
-
-
