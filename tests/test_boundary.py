@@ -31,7 +31,7 @@ BLOCKED = ("tensorflow", "keras", "snakemake", "sklearn", "h5py")
 
 TENSORFLOW_FREE = (
     "lanczos", "density", "artifacts", "layout", "plots", "reproduce", "papercode", "export", "download",
-    "sanity", "integrity",
+    "sanity", "integrity", "eigenpairs", "deflation",
 )
 # May import TensorFlow or Keras (the `tensorflow` extra); some do so only inside functions.
 TENSORFLOW_LAYER = (
@@ -186,6 +186,31 @@ COMPUTATIONS = {
             refused = str(error)
         RESULT = {"loaded": loaded, "refused": "changed after its Lanczos job wrote it" in refused}
     """,
+    # diag(1..6): 6 Lanczos steps span R^6, so the top Ritz pairs are exact (6 and 5, e_6 and e_5).
+    "eigenpairs": """
+        import numpy as np
+        from hessflow.eigenpairs import converged_top_eigenpairs, residual_norms, top_ritz_pairs
+        from hessflow.lanczos import lanczos
+        diagonal = np.arange(1.0, 7.0)
+        run = lanczos(np.diag(diagonal), num_steps=6, seed=3)
+        pairs = top_ritz_pairs(run.tridiag, run.vectors, 2, next_beta=run.residual_norm)
+        converged = converged_top_eigenpairs(np.diag(diagonal), 2, seed=0)
+        RESULT = {"values": pairs.values.tolist(), "overlaps": np.abs(pairs.vectors[4:]).tolist(),
+                  "residuals": residual_norms(np.diag(diagonal), pairs.values, pairs.vectors).tolist(),
+                  "converged": converged.values.tolist()}
+    """,
+    # diag(1..6) deflated by e_6: 5 steps span the complement, so the measure has nodes 1..6, and 6
+    # carries exactly 1/6.
+    "deflation": """
+        import numpy as np
+        from hessflow.deflation import DeflatedOperator, deflated_ritz_measure, deflated_start_vector
+        from hessflow.lanczos import lanczos
+        a, y = np.diag(np.arange(1.0, 7.0)), np.eye(6)[:, 5:]
+        run = lanczos(DeflatedOperator(a, y), num_steps=5, start=deflated_start_vector(6, 0, y))
+        nodes, weights = deflated_ritz_measure(run.tridiag, [6.0], 6)
+        RESULT = {"nodes": nodes.tolist(), "top_weight": float(weights[-1]), "total": float(weights.sum()),
+                  "product": (DeflatedOperator(a, y) @ np.ones(6)).tolist()}
+    """,
     "hessflow": """
         import hessflow
         RESULT = {"version": hessflow.__version__}
@@ -303,6 +328,20 @@ def check_export(result):
 def check_download(result):
     assert result["same"] is True
     assert result["files"] == ["copy.bin"]  # no temporary file left beside it
+
+
+def check_eigenpairs(result):
+    np.testing.assert_allclose(result["values"], [6.0, 5.0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result["overlaps"], [[0.0, 1.0], [1.0, 0.0]], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(result["residuals"], 0.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result["converged"], [6.0, 5.0], rtol=0, atol=1e-12)
+
+
+def check_deflation(result):
+    np.testing.assert_allclose(result["nodes"], np.arange(1.0, 7.0), rtol=0, atol=1e-10)
+    assert result["top_weight"] == pytest.approx(1 / 6, abs=1e-15)
+    assert result["total"] == pytest.approx(1.0, abs=1e-14)
+    np.testing.assert_allclose(result["product"], [1.0, 2.0, 3.0, 4.0, 5.0, 0.0], rtol=0, atol=1e-15)
 
 
 def check_hessflow(result):

@@ -430,3 +430,113 @@ def test_an_integer_matrix_is_used_in_float64():
 def test_operators_lanczos_cannot_use_are_refused_with_the_reason(operator, kwargs, error, message):
     with pytest.raises(error, match=message):
         lanczos(operator, **kwargs)
+
+
+# -- probe vectors and explicit start vectors ----------------------------------------------------
+def test_rademacher_start_vector_has_entries_plus_minus_one_over_sqrt_n_reproducibly():
+    v = start_vector(1000, (7, 100, 0), probe="rademacher")
+    assert v.shape == (1000,) and v.dtype == np.float64
+    np.testing.assert_array_equal(np.abs(v), np.full(1000, 1 / np.sqrt(1000)))
+    assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-14)
+    assert 400 < np.sum(v > 0) < 600
+    np.testing.assert_array_equal(v, start_vector(1000, (7, 100, 0), probe="rademacher"))
+    assert abs(v @ start_vector(1000, (7, 100, 1), probe="rademacher")) < 0.2
+
+
+def test_gaussian_start_vector_is_unchanged_bit_for_bit():
+    # Pinned from the code before probes existed: the normalized np.random.default_rng(seed) normal.
+    v = start_vector(7, (1, 2, 3))
+    gaussian = np.random.default_rng([1, 2, 3]).standard_normal(7)
+    np.testing.assert_array_equal(v, gaussian / np.linalg.norm(gaussian))
+    np.testing.assert_array_equal(start_vector(7, (1, 2, 3), probe="gaussian"), v)
+    assert v[0] == -0.14640703285825768 and v[-1] == -0.3672567572791175
+
+
+def test_rademacher_trace_estimate_has_the_lower_closed_form_variance():
+    # A strong, varying diagonal (1 .. 10) and small off-diagonal entries: the normalized Gaussian
+    # probe has Var(n v^T A v) = 2n/(n+2) (||A||_F^2 - tr(A)^2/n), which keeps the diagonal's spread;
+    # the Rademacher one 2 sum_{i != j} a_ij^2, which has no diagonal term at all.
+    n, num_draws = 30, 2000
+    gaussian = np.random.default_rng(40).standard_normal((n, n))
+    off_diagonal = 0.05 * (gaussian + gaussian.T) / np.sqrt(2)  # entries N(0, 0.05^2)
+    np.fill_diagonal(off_diagonal, 0.0)
+    a = np.diag(np.linspace(1.0, 10.0, n)) + off_diagonal
+    trace = np.trace(a)
+    closed_form = {
+        "gaussian": 2 * n / (n + 2) * (np.sum(a**2) - trace**2 / n),
+        "rademacher": 2 * np.sum(off_diagonal**2),
+    }
+    assert closed_form["rademacher"] < 0.1 * closed_form["gaussian"]  # 4.54 vs 410
+    for probe, variance in closed_form.items():
+        estimates = np.array([n * v @ a @ v for v in (start_vector(n, (40, d), probe) for d in range(num_draws))])
+        assert abs(estimates.mean() - trace) <= 4 * np.sqrt(variance / num_draws), probe
+        # Standard error of a sample variance: sqrt((mu_4 - sigma^4) / N), mu_4 from the sample.
+        centered = estimates - estimates.mean()
+        variance_error = np.sqrt((np.mean(centered**4) - estimates.var() ** 2) / num_draws)
+        assert abs(estimates.var(ddof=1) - variance) <= 4 * variance_error, probe
+
+
+def test_a_state_saved_with_one_probe_is_not_resumed_with_another(tmp_path):
+    a = random_symmetric(30, seed=41)
+    state_file = tmp_path / "probe.state.npz"
+    with pytest.raises(KeyboardInterrupt):
+        lanczos(CountingOperator(a, fail_on_call=9), 30, 10, seed=3, state_file=state_file, save_every=4,
+                probe="rademacher")
+    messages = []
+    rerun = lanczos(a, num_steps=10, seed=3, state_file=state_file, save_every=4, log=messages.append)
+    assert rerun.resumed_from is None and rerun.num_matvecs == 10
+    assert np.array_equal(rerun.tridiag, lanczos(a, num_steps=10, seed=3).tridiag)
+    assert len(messages) == 1 and 'probe: "rademacher" in the state file, "gaussian" now' in messages[0]
+    assert "probe: " in rerun.discarded_state
+
+
+def test_an_explicit_start_vector_starts_the_run_and_its_hash_is_part_of_the_state(tmp_path):
+    a = random_symmetric(30, seed=42)
+    start = start_vector(30, 99, "rademacher")
+    run = lanczos(a, num_steps=8, start=start)
+    np.testing.assert_array_equal(run.vectors[:, 0], start)
+    assert_same_run(run, lanczos(a, num_steps=8, seed=99, probe="rademacher"))
+
+    state_file = tmp_path / "start.state.npz"
+    lanczos(a, num_steps=8, start=start, state_file=state_file, save_every=4)
+    assert lanczos(a, num_steps=8, start=start, state_file=state_file, save_every=4).resumed_from == 8
+    messages = []
+    other = lanczos(a, num_steps=8, start=start_vector(30, 5), state_file=state_file, save_every=4,
+                    log=messages.append)
+    assert other.resumed_from is None and "start_sha256: " in messages[0]
+
+
+def test_a_state_written_before_probes_existed_resumes_as_a_gaussian_run(tmp_path):
+    import json
+
+    a = random_symmetric(30, seed=43)
+    state_file = tmp_path / "old.state.npz"
+    with pytest.raises(KeyboardInterrupt):
+        lanczos(CountingOperator(a, fail_on_call=7), 30, 10, seed=4, state_file=state_file, save_every=3)
+    with np.load(state_file) as state:
+        fields = {name: state[name] for name in state.files}
+    identity = json.loads(str(fields["identity"]))
+    del identity["probe"], identity["start_sha256"]  # what the previous hessflow wrote
+    fields["identity"] = np.array(json.dumps(identity, sort_keys=True))
+    with open(state_file, "wb") as handle:
+        np.savez(handle, **fields)
+    resumed = lanczos(a, num_steps=10, seed=4, state_file=state_file, save_every=3)
+    assert resumed.resumed_from == 6
+    assert np.array_equal(resumed.tridiag, lanczos(a, num_steps=10, seed=4).tridiag)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"probe": "sphere"}, ValueError, r"probe must be one of \('gaussian', 'rademacher'\); got 'sphere'"),
+        ({"start": np.ones(5)}, ValueError, r"start must be a unit vector; its norm is 2\.236"),
+        ({"start": np.ones(4) / 2}, ValueError, r"start must have shape \(5,\)"),
+        ({"start": np.eye(5)[0] * 1j}, TypeError, "start must be a real vector"),
+    ],
+)
+def test_invalid_probe_or_start_is_refused_naming_it(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        lanczos(np.eye(5), num_steps=2, **kwargs)
+    if "probe" in kwargs:
+        with pytest.raises(error, match=message):
+            start_vector(5, 0, **kwargs)

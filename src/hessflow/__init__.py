@@ -4,8 +4,11 @@ Two layers; arrows point from the second to the first, never back.
 
 TensorFlow-free (numpy, scipy, pandas, matplotlib: the base install; tests/test_boundary.py
 imports each with TensorFlow, Keras and Snakemake blocked):
-  lanczos    Lanczos on any symmetric operator, float64, full reorthogonalization, resumable
+  lanczos    Lanczos on any symmetric operator, float64, full reorthogonalization, resumable;
+             Gaussian or Rademacher probes
   density    Ritz nodes/weights, Gaussian-smoothed densities, summary statistics
+  eigenpairs top Ritz pairs with a-posteriori bounds, residual norms, converged pairs by ARPACK
+  deflation  spectral deflation for SLQ: P A P, its start vector, exact atoms + deflated quadrature
   artifacts  atomic writes and sha256 manifests
   integrity  artifacts checked against their producers' sha256 records and for form
   layout     the paths of a run folder, written once

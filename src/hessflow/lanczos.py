@@ -51,6 +51,7 @@ full reorthogonalization needs in any case.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -64,7 +65,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from .artifacts import atomic_write
 
-__all__ = ["LanczosResult", "lanczos", "start_vector", "tridiagonal_matrix"]
+__all__ = ["PROBES", "LanczosResult", "lanczos", "start_vector", "tridiagonal_matrix"]
 
 Seed = int | Sequence[int]
 Matvec = Callable[[np.ndarray], np.ndarray]
@@ -80,7 +81,15 @@ DEFAULT_BREAKDOWN_TOL = 1e-10
 
 #: Version of the resumable-state file layout; bump when its fields change.
 #: 2: the operator's identity (``operator_identity``, JSON) is stored and compared.
+#: (The run identity gained ``probe`` and ``start_sha256`` within version 2: a state file without
+#: them was written by a seeded Gaussian run, and is read as one.)
 STATE_FORMAT_VERSION = 2
+
+#: The start-vector distributions of :func:`start_vector` (its ``probe`` argument).
+PROBES = ("gaussian", "rademacher")
+
+#: An explicit ``start`` vector must have norm 1 within this (see :func:`lanczos`).
+START_NORM_TOL = 1e-8
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,21 +162,71 @@ def _seed_entropy(seed: Seed) -> np.ndarray:
     return entropy.astype(np.uint64)
 
 
-def start_vector(dim: int, seed: Seed) -> np.ndarray:
-    """Unit-norm standard Gaussian vector, shape (dim,), float64.
+def start_vector(dim: int, seed: Seed, probe: str = "gaussian") -> np.ndarray:
+    """Unit-norm random probe vector, shape (dim,), float64.
 
-    ``seed`` is an int or a sequence of ints such as ``(run_seed, step, draw)``,
-    fed to ``np.random.default_rng`` (i.e. :class:`numpy.random.SeedSequence`
-    entropy), so distinct tuples give independent streams.
+    Args:
+        dim: the dimension ``n``.
+        seed: an int or a sequence of ints such as ``(run_seed, step, draw)``, fed to
+            ``np.random.default_rng`` (i.e. :class:`numpy.random.SeedSequence` entropy), so distinct
+            tuples give independent streams.
+        probe: the distribution, one of :data:`PROBES`:
 
-    A normalized Gaussian vector is uniform on the unit sphere, hence
-    ``E[v v^T] = I / dim`` and ``dim * v^T f(A) v`` is an unbiased estimate of
-    ``trace f(A)`` -- what makes the quadrature an estimate of the spectral
-    density of ``A``.
+            - ``"gaussian"`` (the default; the paper's): a standard Gaussian vector ``g`` divided by
+              its norm, i.e. uniform on the unit sphere;
+            - ``"rademacher"``: independent entries ``+-1`` (equally likely, from the same seeded
+              generator) divided by ``sqrt(dim)``, so every entry is ``+-1/sqrt(dim)``.
+
+    Both are normalized and have ``E[v v^T] = I / n``, hence ``n * v^T f(A) v`` is an unbiased
+    estimate of ``trace f(A)`` (Hutchinson's estimator) and the Lanczos quadrature from ``v`` an
+    unbiased estimate of the spectral density of ``A`` -- in both cases.
+
+    Why Rademacher can be better: for ``s`` with iid ``+-1`` entries,
+    ``Var(s^T A s) = 2 sum_{i != j} a_ij^2``: the diagonal of ``A`` contributes nothing, since
+    ``s_i^2 = 1``. For an unnormalized Gaussian ``g`` it is ``2 ||A||_F^2``, diagonal included; the
+    normalized Gaussian here has ``Var(n v^T A v) = 2 n / (n + 2) * (||A||_F^2 - tr(A)^2 / n)``,
+    which removes only the diagonal's mean. So Rademacher probes give a lower-variance estimate of
+    ``tr f(A)`` when ``f(A)`` has a large, varying diagonal (e.g. a Hessian whose curvature differs
+    widely between parameters), and no better one when ``A``'s eigenvectors are delocalized,
+    where the diagonal is nearly constant. They are not rotation invariant: the Gaussian probe's spectral measure
+    does not depend on the eigenbasis of ``A``, the Rademacher one's does.
+
+    Raises:
+        ValueError: ``probe`` is not one of :data:`PROBES`.
     """
+    _check_probe(probe)
     rng = np.random.default_rng(_seed_entropy(seed))
+    if probe == "rademacher":
+        signs = 2.0 * rng.integers(0, 2, size=dim) - 1.0
+        return signs / np.sqrt(dim)
     gaussian = rng.standard_normal(dim)
     return gaussian / np.linalg.norm(gaussian)
+
+
+def _check_probe(probe: str) -> None:
+    if not isinstance(probe, str) or probe not in PROBES:
+        raise ValueError(f"probe must be one of {PROBES}; got {probe!r}")
+
+
+def _check_start(start, dim: int) -> np.ndarray:
+    """An explicit start vector as a fresh float64 (dim,) array, checked finite and of unit norm."""
+    vector = np.asarray(start)
+    if np.iscomplexobj(vector) or not np.issubdtype(vector.dtype, np.number):
+        raise TypeError(f"start must be a real vector; got dtype {vector.dtype}")
+    vector = np.array(vector, dtype=np.float64, copy=True)
+    if vector.shape != (dim,):
+        raise ValueError(f"start must have shape ({dim},); got {vector.shape}")
+    if not np.isfinite(vector).all():
+        raise ValueError("start has non-finite entries (NaN or Inf)")
+    norm = np.linalg.norm(vector)
+    if abs(norm - 1.0) > START_NORM_TOL:
+        raise ValueError(f"start must be a unit vector; its norm is {norm:.12g}: pass start / np.linalg.norm(start)")
+    return vector
+
+
+def _vector_sha256(vector: np.ndarray) -> str:
+    """sha256 of the little-endian float64 bytes of ``vector``: the identity of an explicit start."""
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype="<f8").tobytes()).hexdigest()
 
 
 def _apply_operator(matvec: Matvec, vector: np.ndarray, dim: int, step: int) -> np.ndarray:
@@ -253,6 +312,8 @@ def lanczos(
     log: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
+    probe: str = "gaussian",
+    start: np.ndarray | None = None,
 ) -> LanczosResult:
     """Run ``num_steps`` steps of Lanczos with full reorthogonalization.
 
@@ -272,13 +333,13 @@ def lanczos(
             otherwise.
         num_steps: ``m``, the number of Lanczos steps, ``1 <= num_steps <= dim``. Exactly one
             ``matvec`` call per step.
-        seed: int or sequence of ints, the seed of the Gaussian start vector (see
-            :func:`start_vector`), e.g. ``(run_seed, checkpoint_step, draw)``.
+        seed: int or sequence of ints, the seed of the start vector (see :func:`start_vector`),
+            e.g. ``(run_seed, checkpoint_step, draw)``.
         keep_vectors: return the Lanczos vectors. They are held in memory either way (full
             reorthogonalization needs them); ``False`` only drops them from the result.
         state_file: a checkpoint of the run, an ``.npz`` file written atomically every
             ``save_every`` steps. If it exists when ``lanczos`` starts and belongs to this run
-            (the same ``dim``, ``num_steps``, ``seed``, ``breakdown_tol`` and
+            (the same ``dim``, ``num_steps``, ``seed``, ``probe``, ``start``, ``breakdown_tol`` and
             ``operator_identity``), the run resumes from it, and the result is bit-identical to an
             uninterrupted run. A state file of another run or operator is discarded: the run
             starts fresh (and overwrites it at its first save) after ``log`` has named every
@@ -303,6 +364,13 @@ def lanczos(
             parameters), so an exhausted Krylov space is detected rather than continued with a
             noise vector, and far below any ``b_j`` that moves a quadrature node or weight
             visibly.
+        probe: the start vector's distribution, one of :data:`PROBES` (``"gaussian"``, the
+            default, or ``"rademacher"``); see :func:`start_vector` for when Rademacher lowers the
+            variance. Part of the run's identity in the state file.
+        start: an explicit start vector instead of the seeded one: shape (dim,), real, of norm 1
+            within ``1e-8`` (e.g. :func:`hessflow.deflation.deflated_start_vector`); ``seed`` and
+            ``probe`` then do not affect the run. Its sha256 is part of the run's identity in the
+            state file, so a state begun from another start vector is not resumed.
 
     Returns:
         A `LanczosResult`: ``tridiag`` (m, m), ``alpha`` (m,), ``beta`` (m-1,), ``vectors``
@@ -312,7 +380,8 @@ def lanczos(
     Raises:
         FloatingPointError: if ``matvec`` returns NaN or Inf (naming the step).
         ValueError: for invalid arguments (a non-square or non-symmetric matrix, a ``dim`` that
-            disagrees with the operator's shape), a wrongly shaped ``matvec`` output, an
+            disagrees with the operator's shape, an unknown ``probe``, a ``start`` of the wrong
+            shape or not of unit norm), a wrongly shaped ``matvec`` output, an
             ``operator_identity`` that is not JSON-able, or an unreadable or inconsistent state
             file (naming it, and saying to delete it).
         TypeError: for arguments of the wrong type (no ``num_steps``, a complex matrix) and a
@@ -339,6 +408,8 @@ def lanczos(
         progress=progress,
         breakdown_tol=breakdown_tol,
         gram_schmidt_passes=2,
+        probe=probe,
+        start=start,
     )
 
 
@@ -356,6 +427,8 @@ def _lanczos(
     gram_schmidt_passes: int,
     operator_identity: Mapping | None = None,
     log: Callable[[str], None] | None = None,
+    probe: str = "gaussian",
+    start: np.ndarray | None = None,
 ) -> LanczosResult:
     """:func:`lanczos` with the number of Gram-Schmidt passes as a parameter.
 
@@ -370,10 +443,15 @@ def _lanczos(
     if save_every is not None and (not isinstance(save_every, (int, np.integer)) or save_every < 1):
         raise ValueError(f"save_every must be a positive int; got {save_every!r}")
     entropy = _seed_entropy(seed)
+    _check_probe(probe)
+    if start is not None:
+        start = _check_start(start, dim)
     run_identity = {
         "dim": dim,
         "num_steps": num_steps,
         "seed": entropy.tolist(),
+        "probe": probe,
+        "start_sha256": None if start is None else _vector_sha256(start),
         "breakdown_tol": float(breakdown_tol),
         "gram_schmidt_passes": gram_schmidt_passes,
         "operator": _canonical_identity(operator_identity),
@@ -404,7 +482,7 @@ def _lanczos(
             steps_done, next_vector = loaded
             resumed_from = steps_done
     if next_vector is None:
-        next_vector = start_vector(dim, entropy)
+        next_vector = start_vector(dim, entropy, probe) if start is None else start
 
     num_matvecs = 0
     breakdown = False
@@ -560,6 +638,8 @@ def _load_state(
             raise ValueError("not a JSON object")
     except (ValueError, TypeError) as error:
         raise ValueError(f"Lanczos state file {str(path)!r} has a malformed identity ({error}); {advice}") from None
+    # Written before probes and explicit start vectors existed: a seeded Gaussian run.
+    saved = {"probe": "gaussian", "start_sha256": None, **saved}
     differences = _identity_differences(saved, run_identity)
     if differences:
         return "it belongs to another run or operator: " + "; ".join(differences)
