@@ -12,6 +12,7 @@ from hessflow.deflation import DeflatedOperator, deflated_ritz_measure, deflated
 from hessflow.density import ritz
 from hessflow.eigenpairs import residual_norms, top_ritz_pairs
 from hessflow.lanczos import lanczos
+from operators import CountingOperator
 
 NUM_DRAWS = 500
 STEPS = 8
@@ -34,15 +35,6 @@ def planted_outliers():
     for array in arrays:
         array.setflags(write=False)
     return arrays
-
-
-class CountingOperator:
-    def __init__(self, a):
-        self.a, self.calls = a, 0
-
-    def __call__(self, v):
-        self.calls += 1
-        return self.a @ v
 
 
 def moments(nodes, weights):

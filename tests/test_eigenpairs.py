@@ -10,6 +10,7 @@ from scipy.sparse.linalg import aslinearoperator
 
 from hessflow.eigenpairs import converged_top_eigenpairs, residual_norms, top_ritz_pairs
 from hessflow.lanczos import lanczos, start_vector
+from operators import CountingOperator
 
 # 6 steps: the outliers 30, 20, 10 are resolved to 1e-8 .. 1e-5 with residuals 4e-4 .. 1e-2, far above
 # the rounding floor (~1e-14 here), so bound and true residual can be compared digit for digit.
@@ -38,15 +39,6 @@ def short_run():
     a, _, _ = planted_outliers()
     run = lanczos(a, num_steps=STEPS, seed=1)
     return run, top_ritz_pairs(run.tridiag, run.vectors, 3, next_beta=run.residual_norm)
-
-
-class CountingOperator:
-    def __init__(self, a):
-        self.a, self.calls = a, 0
-
-    def __call__(self, v):
-        self.calls += 1
-        return self.a @ v
 
 
 def test_top_ritz_values_match_eigh_within_their_residual_bounds():

@@ -45,6 +45,7 @@ __all__ = [
     "smoothed_density_of_eigenvalues",
     "spectral_wasserstein1",
     "summarize",
+    "tridiagonal_bands",
 ]
 
 #: Largest temporary (nodes x grid chunk) float64 kernel matrix, in bytes.
@@ -54,6 +55,32 @@ _KERNEL_CHUNK_BYTES = 100 * 2**20
 # by hessflow are exactly symmetric; this admits ones assembled elsewhere
 # (e.g. the paper code's float32 -> float64 round trips).
 _SYMMETRY_RTOL = 1e-12
+
+
+def tridiagonal_bands(tridiag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The diagonal and the off-diagonal of a Lanczos tridiagonal, checked.
+
+    Args:
+        tridiag: array_like, shape (m, m), m >= 1.
+
+    Returns:
+        diagonal: float64 (m,); off_diagonal: float64 (m - 1,).
+
+    Raises:
+        ValueError: ``tridiag`` is not a finite, square, symmetric tridiagonal matrix.
+    """
+    t = np.asarray(tridiag, dtype=np.float64)
+    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0:
+        raise ValueError(f"tridiag must be a non-empty square matrix; got shape {t.shape}")
+    if not np.isfinite(t).all():
+        raise ValueError("tridiag has non-finite entries (NaN or Inf)")
+    diagonal, upper, lower = np.diag(t), np.diag(t, 1), np.diag(t, -1)
+    outside_band = t - np.diag(diagonal) - np.diag(upper, 1) - np.diag(lower, -1)
+    if np.any(outside_band != 0.0):
+        raise ValueError("tridiag is not tridiagonal: it has nonzero entries outside the three central diagonals")
+    if np.any(np.abs(upper - lower) > _SYMMETRY_RTOL * np.max(np.abs(t))):
+        raise ValueError("tridiag is not symmetric: its sub- and super-diagonals differ")
+    return diagonal, upper
 
 
 def ritz(tridiag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,18 +99,7 @@ def ritz(tridiag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: ``tridiag`` is not a finite, square, symmetric tridiagonal matrix.
     """
-    t = np.asarray(tridiag, dtype=np.float64)
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0:
-        raise ValueError(f"tridiag must be a non-empty square matrix; got shape {t.shape}")
-    if not np.isfinite(t).all():
-        raise ValueError("tridiag has non-finite entries (NaN or Inf)")
-    diagonal, upper, lower = np.diag(t), np.diag(t, 1), np.diag(t, -1)
-    outside_band = t - np.diag(diagonal) - np.diag(upper, 1) - np.diag(lower, -1)
-    if np.any(outside_band != 0.0):
-        raise ValueError("tridiag is not tridiagonal: it has nonzero entries outside the three central diagonals")
-    scale = np.max(np.abs(t))
-    if np.any(np.abs(upper - lower) > _SYMMETRY_RTOL * scale):
-        raise ValueError("tridiag is not symmetric: its sub- and super-diagonals differ")
+    diagonal, upper = tridiagonal_bands(tridiag)
     ritz_values, eigenvectors = scipy.linalg.eigh_tridiagonal(diagonal, upper)
     ritz_weights = eigenvectors[0, :] ** 2
     return ritz_values, ritz_weights

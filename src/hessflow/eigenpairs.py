@@ -39,6 +39,7 @@ import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from .density import tridiagonal_bands
 from .lanczos import Operator, Seed, _as_matvec, start_vector
 
 __all__ = ["RitzPairs", "converged_top_eigenpairs", "residual_norms", "top_ritz_pairs"]
@@ -66,21 +67,6 @@ class RitzPairs:
     vectors: np.ndarray
     residual_bounds: np.ndarray
     num_matvecs: int = 0
-
-
-def _tridiagonal_bands(tridiag) -> tuple[np.ndarray, np.ndarray]:
-    """The diagonal (m,) and off-diagonal (m-1,) of a finite symmetric tridiagonal (m, m) matrix."""
-    t = np.asarray(tridiag, dtype=np.float64)
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0:
-        raise ValueError(f"tridiag must be a non-empty square (m, m) matrix; got shape {t.shape}")
-    if not np.isfinite(t).all():
-        raise ValueError("tridiag has non-finite entries (NaN or Inf)")
-    diagonal, upper, lower = np.diag(t), np.diag(t, 1), np.diag(t, -1)
-    if np.any(t - np.diag(diagonal) - np.diag(upper, 1) - np.diag(lower, -1) != 0.0):
-        raise ValueError("tridiag is not tridiagonal: it has nonzero entries outside the three central diagonals")
-    if np.any(np.abs(upper - lower) > 1e-12 * np.max(np.abs(t))):
-        raise ValueError("tridiag is not symmetric: its sub- and super-diagonals differ")
-    return diagonal, upper
 
 
 def _check_count(k, upper: int, name: str = "k") -> int:
@@ -111,7 +97,7 @@ def top_ritz_pairs(tridiag, vectors, k: int, *, next_beta: float | None = None) 
         ValueError: ``tridiag`` is not a finite symmetric tridiagonal matrix, ``vectors`` does not
             have ``m`` columns, ``k`` is out of range, or ``next_beta`` is negative or not finite.
     """
-    diagonal, off_diagonal = _tridiagonal_bands(tridiag)
+    diagonal, off_diagonal = tridiagonal_bands(tridiag)
     m = diagonal.shape[0]
     basis = np.asarray(vectors, dtype=np.float64)
     if basis.ndim != 2 or basis.shape[1] != m:
