@@ -25,8 +25,9 @@ TensorFlow (the ``tensorflow`` extra; some import it only inside functions):
   data          CIFAR-10 reader, built-in data factories, preprocessing, the data card, fixed batches
   prepare       the prepare_data step: a data factory's arrays, checked, and their data card
   models        the paper's ResNet-32 and small models; which variables weight decay covers
-  kernels       one batch's loss sum, gradient and Hessian-vector product (forward-over-reverse)
-  hvp           HessianOperator: the full-data Hessian as a scipy LinearOperator
+  kernels       one batch's loss sum, gradient, Hessian- and GGN-vector products (forward mode)
+  hvp           HessianOperator, GGNOperator: the full-data Hessian and Gauss-Newton matrix as
+                scipy LinearOperators, whole or a block of variables (variables=[regex, ...])
   batchnorm     twice-differentiable batch and layer statistics (TensorFlow's are not)
   noise         dropout and other noise layers off in every Hessian pass
   distribute    tf.distribute strategies, replica rounds by whole batches, weight checks

@@ -1,4 +1,4 @@
-"""The Hessian of a Keras model's training loss over a data set, as an operator.
+"""The Hessian and the Gauss–Newton matrix of a Keras model's training loss, as operators.
 
 The loss is the mean of a per-example loss over every example of a finite,
 fixed-order data set, plus an L2 penalty on the decayed variables::
@@ -16,22 +16,51 @@ definition of L: it is fixed at construction and never shuffled. Dropout and
 the other noise layers (`hessflow.noise`) are off in every pass, whatever the
 batch-norm mode: L is a deterministic function of θ.
 
+Two curvature matrices of L, both ``(n, n)``, symmetric:
+
+`HessianOperator`
+    the Hessian ∇²L(θ).
+`GGNOperator`
+    the generalized Gauss–Newton matrix ``G = (1/N) Σ_b J_bᵀ H_b J_b +
+    weight_decay · D``: ``z_b = f(x_b; θ)`` are batch b's outputs (logits),
+    ``J_b = ∂z_b/∂θ`` their Jacobian, ``H_b = ∇²_z Σ_{i∈b} ℓ_i`` the loss's
+    Hessian in output space, and D the diagonal 0/1 matrix of the decayed
+    coordinates (the penalty is quadratic: its Gauss–Newton part is its
+    Hessian). The Hessian is ``G`` plus ``(1/N) Σ_i Σ_c (∂ℓ_i/∂z_ic) ∇²_θ
+    z_ic``, the term with the network's own second derivatives, so ``G``
+    equals the Hessian when the outputs are linear in θ (a linear model) or
+    the residuals ∂ℓ/∂z vanish. When ℓ is convex in z (cross-entropy from
+    logits, squared error) every H_b is positive semidefinite and so is ``G``:
+    its spectrum has no negative mass, unlike the Hessian's, and the
+    difference between the two densities is the contribution of that second
+    term. (With batch norm in ``train`` mode ``J_b`` is the Jacobian of the
+    whole batch's outputs, each of which depends on every example of it.)
+
+Blocks: ``variables=[regex, ...]`` restricts either operator to the diagonal
+block of the selected trainable variables, ``∇²_{θ_S} L`` (or ``G_{SS}``), the
+others held at their values; derivatives are taken with respect to the
+selected variables only, so a block's product costs less than a full one
+(`select_variables`).
+
 Inputs: x is cast to the compute dtype only when it is floating (integer token
 ids for an `Embedding` stay integers); y likewise only when floating (integer
 class labels stay integers).
 
-`HessianOperator` is a `scipy.sparse.linalg.LinearOperator` (shape ``(n, n)``,
+Both operators are `scipy.sparse.linalg.LinearOperator` s (shape ``(n, n)``,
 dtype float64, symmetric), so ``scipy.sparse.linalg.eigsh(op, k=3)``,
 ``op @ v``, ``op.matmat(V)`` and `hessflow.lanczos.lanczos` ``(op, num_steps=m)``
-all work on it. Each product is one full-data pass of the per-batch kernels of
-`hessflow.kernels` (forward-over-reverse, traced once), accumulated in float64;
-over several replicas the passes run in the rounds of `hessflow.distribute`.
-Model state is never changed: the model runs through
-`keras.Model.stateless_call`, so batch-norm moving statistics stay as loaded.
+all work on them. Each product is one full-data pass of the per-batch kernels
+of `hessflow.kernels` (the Hessian's forward-over-reverse, the Gauss–Newton
+product's forward, output-space forward-over-reverse and reverse; traced
+once), accumulated in float64; over several replicas the passes run in the
+rounds of `hessflow.distribute`. Model state is never changed: the model runs
+through `keras.Model.stateless_call`, so batch-norm moving statistics stay as
+loaded.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 
@@ -43,12 +72,60 @@ from scipy.sparse.linalg import LinearOperator
 from hessflow import distribute, kernels
 from hessflow.models import decayed_variable_mask
 
-__all__ = ["HessianOperator", "BATCH_NORM_MODES", "COMPUTE_DTYPES"]
+__all__ = ["HessianOperator", "GGNOperator", "select_variables", "BATCH_NORM_MODES", "COMPUTE_DTYPES"]
 
 #: ``train``: batch statistics of each fixed batch (what the paper's CIFAR runs
 #: used); ``inference``: the moving statistics stored in the model.
 BATCH_NORM_MODES = ("train", "inference")
 COMPUTE_DTYPES = ("float32", "float64")
+
+
+def select_variables(model: keras.Model, patterns: Sequence[str] | None) -> list:
+    """The trainable variables a curvature block is taken over.
+
+    Args:
+      model: a built Keras model.
+      patterns: None (every trainable variable) or a non-empty list of
+        regular expressions, each matched with `re.search` against the
+        variables' ``path`` (e.g. ``"sequential/dense_1/kernel"``; ``"dense_1/"``
+        selects both of that layer's variables, ``"kernel$"`` every kernel).
+        A variable is selected when any pattern matches it.
+
+    Returns:
+      The selected variables of ``model.trainable_variables``, in that order.
+
+    Raises:
+      ValueError: ``patterns`` is not a list of strings, a pattern is not a
+        valid regular expression, or one matches no trainable variable (the
+        message lists the available paths).
+    """
+    variables = list(model.trainable_variables)
+    if patterns is None:
+        return variables
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+        raise ValueError(
+            f"variables must be None or a list of regular expressions, got {patterns!r}"
+            + (f": write [{patterns!r}]" if isinstance(patterns, str) else "")
+        )
+    if not patterns:
+        raise ValueError("variables is an empty list: give at least one regular expression, or None for all")
+    paths = [v.path for v in variables]
+    matched = set()
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ValueError(f"variables: each entry must be a regular expression (a str), got {pattern!r}")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"variables: {pattern!r} is not a valid regular expression ({error})") from None
+        hits = {k for k, path in enumerate(paths) if compiled.search(path)}
+        if not hits:
+            raise ValueError(
+                f"variables: the regular expression {pattern!r} matches none of the model's trainable "
+                f"variables (re.search against v.path); their paths are: {', '.join(paths)}"
+            )
+        matched |= hits
+    return [variables[k] for k in sorted(matched)]
 
 
 def _materialize(dataset, compute_dtype: tf.DType) -> list[tuple[tf.Tensor, tf.Tensor]]:
@@ -61,7 +138,7 @@ def _materialize(dataset, compute_dtype: tf.DType) -> list[tuple[tf.Tensor, tf.T
     if isinstance(dataset, tf.data.Dataset):
         if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
             raise ValueError(
-                "dataset is infinite (did it .repeat()?): the Hessian needs a finite, fixed set of batches"
+                "dataset is infinite (did it .repeat()?): a curvature operator needs a finite, fixed set of batches"
             )
         dataset = dataset.as_numpy_iterator()
     batches = []
@@ -93,43 +170,19 @@ def _materialize(dataset, compute_dtype: tf.DType) -> list[tuple[tf.Tensor, tf.T
     return batches
 
 
-class HessianOperator(LinearOperator):
-    """The Hessian ∇²L(θ) of a Keras model's training loss over a data set.
+class _CurvatureOperator(LinearOperator):
+    """What the Hessian and the Gauss–Newton operator share: inputs, checks, passes, blocks.
 
-    Args:
-      model: a built Keras model returning what ``loss`` expects (logits for
-        ``from_logits=True`` losses). Its weights are read, never changed.
-      dataset: a finite, fixed-order iterable of ``(x, y)`` batches (numpy
-        arrays, tensors, or a finite `tf.data.Dataset`), read once. The last
-        batch may be smaller; the mean is over the true example count.
-      loss: a Keras loss object (its unreduced ``call`` is used) or a function
-        ``(y_true, y_pred) -> (batch,)`` or ``(batch, ...)`` of per-example
-        losses (non-batch axes are averaged).
-      weight_decay: coefficient of ``(weight_decay / 2) Σ‖kernel‖²`` in the
-        objective (the paper code's ``weight_decay · tf.nn.l2_loss``); it adds
-        ``weight_decay`` to the Hessian on the decayed coordinates.
-      batch_norm: ``"train"`` (each batch's own statistics; moving statistics
-        untouched) or ``"inference"`` (the stored moving statistics). Noise
-        layers are off in both.
-      dtype: compute dtype, ``"float32"`` (default) or ``"float64"``; it must be
-        the dtype of the model's variables (build the model with
-        ``dtype="float64"`` for the float64 mode). Results are accumulated over
-        batches in float64 either way. (The operator's own ``dtype``, as a
-        LinearOperator, is float64: that of its vectors; this one is
-        ``compute_dtype``.)
-      decay_mask: which of ``model.trainable_variables`` are decayed; default
-        `hessflow.models.decayed_variable_mask` (conv and dense kernels).
-      strategy: a `tf.distribute` strategy (`hessflow.distribute.make_strategy`)
-        or None for one device. With W replicas, batch j goes to replica
-        j mod W, each replica sums its batches' products and the sums are
-        all-reduced in float64: the same operator as one device, batch norm in
-        ``train`` mode included (no batch is ever split).
-
-    Vectors in and out are float64 numpy arrays of length ``dim`` (``(dim,)``
-    or ``(dim, 1)``; ``(dim, k)`` through ``matmat`` or ``@``), the trainable
-    variables concatenated in ``model.trainable_variables`` order, each
-    flattened in C order.
+    A subclass names its per-batch product kernel (``_make_product``,
+    ``_traced_product``, from `hessflow.kernels`), the ``num_traces`` key of
+    that kernel, and the product's name in messages.
     """
+
+    _make_product = None
+    _traced_product = None
+    _product_key = "product"
+    _product_name = "curvature-vector product"
+    _curvature = "curvature"  # what ``matvec`` multiplies by, in its docstring
 
     def __init__(
         self,
@@ -141,6 +194,7 @@ class HessianOperator(LinearOperator):
         dtype: str = "float32",
         decay_mask: Sequence[bool] | None = None,
         strategy: tf.distribute.Strategy | None = None,
+        variables: Sequence[str] | None = None,
     ):
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
@@ -153,24 +207,37 @@ class HessianOperator(LinearOperator):
         self.compute_dtype = dtype
         self.weight_decay = float(weight_decay)
 
-        variables = list(model.trainable_variables)
-        if not variables:
+        all_variables = list(model.trainable_variables)
+        if not all_variables:
             raise ValueError("model has no trainable variables (is it built?)")
-        wrong = [v.path for v in variables if v.dtype != dtype]
+        wrong = [v.path for v in all_variables if v.dtype != dtype]
         if wrong:
             raise ValueError(
-                f"dtype={dtype!r} but the model's variables {wrong[:3]} are {variables[0].dtype}: "
+                f"dtype={dtype!r} but the model's variables {wrong[:3]} are {all_variables[0].dtype}: "
                 f"build the model with dtype={dtype!r} (hessflow.models builders take a dtype argument)"
             )
-        self._variables = variables
-        sizes = [int(np.prod(tuple(v.shape), dtype=np.int64)) for v in variables]
-        self.dim = int(sum(sizes))
-        super().__init__(dtype=np.float64, shape=(self.dim, self.dim))
-
         mask = decayed_variable_mask(model) if decay_mask is None else list(decay_mask)
-        if len(mask) != len(variables):
-            raise ValueError(f"decay_mask has {len(mask)} entries for {len(variables)} trainable variables")
-        self._decay_coordinates = np.concatenate([np.full(size, bool(m)) for size, m in zip(sizes, mask)])
+        if len(mask) != len(all_variables):
+            raise ValueError(f"decay_mask has {len(mask)} entries for {len(all_variables)} trainable variables")
+        selected = select_variables(model, variables)
+        chosen = {id(v) for v in selected}
+        self._all_variables = all_variables
+        self._variables = selected
+        #: The ``path`` of each variable the operator acts on, in vector order.
+        self.variable_paths = [v.path for v in selected]
+        self._kernel_variables = None if variables is None else selected
+
+        def sizes(variable_list):
+            return [int(np.prod(tuple(v.shape), dtype=np.int64)) for v in variable_list]
+
+        self.dim = int(sum(sizes(selected)))
+        super().__init__(dtype=np.float64, shape=(self.dim, self.dim))
+        # Decayed coordinates of every trainable variable (the loss's penalty) and of the selected ones.
+        self._all_decay_coordinates = np.concatenate(
+            [np.full(size, bool(m)) for size, m in zip(sizes(all_variables), mask)])
+        selected_mask = [bool(m) for v, m in zip(all_variables, mask) if id(v) in chosen]
+        self._decay_coordinates = np.concatenate(
+            [np.full(size, m) for size, m in zip(sizes(selected), selected_mask)])
 
         self._compute_dtype = tf.as_dtype(dtype)
         self._batches = _materialize(dataset, self._compute_dtype)
@@ -178,18 +245,19 @@ class HessianOperator(LinearOperator):
         self.num_batches = len(self._batches)
         #: How often the traced functions were traced; stays at one each
         #: however many passes run (a test checks it).
-        self.num_traces = {"hvp": 0, "gradient": 0}
+        self.num_traces = {self._product_key: 0, "gradient": 0}
         #: Wall seconds of the last full-data pass (diagnostic).
         self.last_pass_seconds = float("nan")
         self.strategy = strategy
         self.num_replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
-        self._hvp_fn, self._gradient_fn, self._rounds = self._pass_functions(loss)
+        self._product_fn, self._gradient_fn, self._rounds = self._pass_functions(loss)
 
     def _pass_functions(self, loss):
-        """The per-round HVP and loss-and-gradient functions, and a function returning an
+        """The per-round product and loss-and-gradient functions, and a function returning an
         iterator over the rounds' arguments (one (x, y) batch per round on one device)."""
         training = self.batch_norm == "train"
         counts = self.num_traces
+        variables = self._kernel_variables
 
         def counter(name):
             def count():  # runs at trace time only
@@ -197,35 +265,35 @@ class HessianOperator(LinearOperator):
 
             return count
 
+        product_options = dict(training=training, on_trace=counter(self._product_key), variables=variables)
+        gradient_options = dict(training=training, on_trace=counter("gradient"), variables=variables)
         if self.strategy is None:
             x_spec, y_spec = kernels.batch_specs(*self._batches[0])
-            hvp = kernels.traced_hvp_sum(self.model, loss, x_spec, y_spec, training=training, on_trace=counter("hvp"))
-            gradient = kernels.traced_loss_and_gradient_sum(
-                self.model, loss, x_spec, y_spec, training=training, on_trace=counter("gradient")
-            )
-            return hvp, gradient, lambda: iter(self._batches)
-        hvp = kernels.make_hvp_sum(self.model, loss, training=training, on_trace=counter("hvp"))
-        gradient = kernels.make_loss_and_gradient_sum(self.model, loss, training=training, on_trace=counter("gradient"))
+            product = type(self)._traced_product(self.model, loss, x_spec, y_spec, **product_options)
+            gradient = kernels.traced_loss_and_gradient_sum(self.model, loss, x_spec, y_spec, **gradient_options)
+            return product, gradient, lambda: iter(self._batches)
+        product = type(self)._make_product(self.model, loss, **product_options)
+        gradient = kernels.make_loss_and_gradient_sum(self.model, loss, **gradient_options)
         rounds = distribute.ReplicaRounds(self.strategy, self._batches)
         # Each round's arguments: one distributed (x, y, weight) value.
-        return (distribute.replicated_sum(self.strategy, hvp), distribute.replicated_sum(self.strategy, gradient),
+        return (distribute.replicated_sum(self.strategy, product), distribute.replicated_sum(self.strategy, gradient),
                 lambda: ((inputs,) for inputs in rounds))
 
     # -- the product -----------------------------------------------------------------
     def _product(self, v: np.ndarray) -> np.ndarray:
-        """∇²L(θ) v for a real (dim,) float64 ``v``: one full-data pass."""
+        """The operator times a real (dim,) float64 ``v``: one full-data pass."""
         start = time.perf_counter()
         v_compute = tf.constant(v, dtype=self._compute_dtype)
         total = np.zeros(self.dim, dtype=np.float64)
         for batch in self._rounds():
-            total += self._hvp_fn(*batch, v_compute).numpy()
+            total += self._product_fn(*batch, v_compute).numpy()
         result = total / self.num_examples
         if self.weight_decay:
             result += self.weight_decay * np.where(self._decay_coordinates, v, 0.0)
         self.last_pass_seconds = time.perf_counter() - start
         if not np.all(np.isfinite(result)):
             raise FloatingPointError(
-                "the Hessian-vector product has non-finite entries: the loss or its curvature overflowed "
+                f"the {self._product_name} has non-finite entries: the loss or its curvature overflowed "
                 "at these weights (check the checkpoint for NaN/Inf and the loss for log(0))"
             )
         return result
@@ -238,7 +306,8 @@ class HessianOperator(LinearOperator):
         return self._product(np.asarray(v, dtype=np.float64))
 
     def matvec(self, v) -> np.ndarray:
-        """∇²L(θ) v. ``v``: (dim,) or (dim, 1) → the same shape, float64.
+        """The operator (∇²L(θ), or the Gauss–Newton matrix; a block of it with ``variables=``)
+        times ``v``. ``v``: (dim,) or (dim, 1) → the same shape, float64.
 
         Raises FloatingPointError if the product is not finite.
         """
@@ -269,15 +338,28 @@ class HessianOperator(LinearOperator):
         return self @ v
 
     def __repr__(self) -> str:
-        return (f"<{self.dim}x{self.dim} HessianOperator of {self.model.name!r}: {self.num_examples} examples in "
-                f"{self.num_batches} batches, batch_norm={self.batch_norm!r}, compute {self.compute_dtype}>")
+        block = ""
+        if self._kernel_variables is not None:
+            block = f", block of {len(self._variables)} of {len(self._all_variables)} variables"
+        return (f"<{self.dim}x{self.dim} {type(self).__name__} of {self.model.name!r}: {self.num_examples} examples "
+                f"in {self.num_batches} batches, batch_norm={self.batch_norm!r}, compute {self.compute_dtype}"
+                f"{block}>")
 
     # -- loss and gradient ------------------------------------------------------------
+    @staticmethod
+    def _flat_values(variable_list) -> np.ndarray:
+        return np.concatenate([np.asarray(var.numpy(), np.float64).ravel() for var in variable_list])
+
     def _parameters(self) -> np.ndarray:
-        return np.concatenate([np.asarray(var.numpy(), np.float64).ravel() for var in self._variables])
+        """The selected variables' values, flat (dim,) float64."""
+        return self._flat_values(self._variables)
 
     def loss_and_gradient(self) -> tuple[float, np.ndarray]:
-        """Full-data loss L(θ) (a float) and its gradient (dim,) float64."""
+        """Full-data loss L(θ) (a float) and its gradient (dim,) float64.
+
+        On a block, the loss is still the whole objective (its penalty over
+        every decayed variable) and the gradient that of the block's variables.
+        """
         start = time.perf_counter()
         loss_sum = 0.0
         gradient = np.zeros(self.dim, dtype=np.float64)
@@ -288,9 +370,9 @@ class HessianOperator(LinearOperator):
         loss = loss_sum / self.num_examples
         gradient /= self.num_examples
         if self.weight_decay:
-            theta = np.where(self._decay_coordinates, self._parameters(), 0.0)
-            loss += 0.5 * self.weight_decay * float(theta @ theta)
-            gradient += self.weight_decay * theta
+            decayed = np.where(self._all_decay_coordinates, self._flat_values(self._all_variables), 0.0)
+            loss += 0.5 * self.weight_decay * float(decayed @ decayed)
+            gradient += self.weight_decay * np.where(self._decay_coordinates, self._parameters(), 0.0)
         self.last_pass_seconds = time.perf_counter() - start
         if not (np.isfinite(loss) and np.all(np.isfinite(gradient))):
             raise FloatingPointError(
@@ -298,3 +380,81 @@ class HessianOperator(LinearOperator):
                 "check the checkpoint for NaN/Inf"
             )
         return loss, gradient
+
+
+_ARGS = """
+    Args:
+      model: a built Keras model returning what ``loss`` expects (logits for
+        ``from_logits=True`` losses). Its weights are read, never changed.
+      dataset: a finite, fixed-order iterable of ``(x, y)`` batches (numpy
+        arrays, tensors, or a finite `tf.data.Dataset`), read once. The last
+        batch may be smaller; the mean is over the true example count.
+      loss: a Keras loss object (its unreduced ``call`` is used) or a function
+        ``(y_true, y_pred) -> (batch,)`` or ``(batch, ...)`` of per-example
+        losses (non-batch axes are averaged).
+      weight_decay: coefficient of ``(weight_decay / 2) Σ‖kernel‖²`` in the
+        objective (the paper code's ``weight_decay · tf.nn.l2_loss``); it adds
+        ``weight_decay`` to the operator on the decayed coordinates.
+      batch_norm: ``"train"`` (each batch's own statistics; moving statistics
+        untouched) or ``"inference"`` (the stored moving statistics). Noise
+        layers are off in both.
+      dtype: compute dtype, ``"float32"`` (default) or ``"float64"``; it must be
+        the dtype of the model's variables (build the model with
+        ``dtype="float64"`` for the float64 mode). Results are accumulated over
+        batches in float64 either way. (The operator's own ``dtype``, as a
+        LinearOperator, is float64: that of its vectors; this one is
+        ``compute_dtype``.)
+      decay_mask: which of ``model.trainable_variables`` are decayed (one
+        entry per trainable variable, blocks included); default
+        `hessflow.models.decayed_variable_mask` (conv and dense kernels).
+      strategy: a `tf.distribute` strategy (`hessflow.distribute.make_strategy`)
+        or None for one device. With W replicas, batch j goes to replica
+        j mod W, each replica sums its batches' products and the sums are
+        all-reduced in float64: the same operator as one device, batch norm in
+        ``train`` mode included (no batch is ever split).
+      variables: None (every trainable variable) or a list of regular
+        expressions, each matched with `re.search` against ``v.path`` of
+        ``model.trainable_variables`` (`select_variables`): the operator is
+        then the diagonal block of the selected variables, in
+        ``model.trainable_variables`` order, the others held constant (and
+        not differentiated: a block's product costs less). ``dim`` is their
+        total size, ``variable_paths`` their paths. A pattern that matches no
+        variable is a ValueError listing the available paths.
+
+    Vectors in and out are float64 numpy arrays of length ``dim`` (``(dim,)``
+    or ``(dim, 1)``; ``(dim, k)`` through ``matmat`` or ``@``), the selected
+    (by default all) trainable variables concatenated in
+    ``model.trainable_variables`` order, each flattened in C order.
+"""
+
+
+class HessianOperator(_CurvatureOperator):
+    __doc__ = """The Hessian ∇²L(θ) of a Keras model's training loss over a data set.
+
+    Each product is forward-over-reverse (`hessflow.kernels.make_hvp_sum`).
+""" + _ARGS
+
+    _make_product = staticmethod(kernels.make_hvp_sum)
+    _traced_product = staticmethod(kernels.traced_hvp_sum)
+    _product_key = "hvp"
+    _product_name = "Hessian-vector product"
+
+
+class GGNOperator(_CurvatureOperator):
+    __doc__ = """The generalized Gauss–Newton matrix G of a Keras model's training loss over a data set.
+
+    ``G v = (1/N) Σ_b J_bᵀ H_b J_b v + weight_decay · (v on the decayed
+    coordinates)``, with ``J_b`` the Jacobian of batch b's outputs and ``H_b``
+    the loss's Hessian with respect to them (see the module docstring): the
+    Hessian without the term of the network's second derivatives, positive
+    semidefinite for a loss convex in the outputs. Each product is a forward-
+    mode J v, an output-space forward-over-reverse H_b (J v) and a reverse-mode
+    Jᵀ(·) (`hessflow.kernels.make_ggn_sum`), from one forward pass.
+    ``num_traces`` counts ``"ggn"`` and ``"gradient"``; ``loss_and_gradient``
+    is the same as `HessianOperator`'s.
+""" + _ARGS
+
+    _make_product = staticmethod(kernels.make_ggn_sum)
+    _traced_product = staticmethod(kernels.traced_ggn_sum)
+    _product_key = "ggn"
+    _product_name = "Gauss-Newton-vector product"

@@ -1,16 +1,29 @@
-"""Per-batch kernels of a Hessian pass: one batch's loss sum, gradient and HVP.
+"""Per-batch kernels of a curvature pass: one batch's loss sum, gradient, HVP and GGN product.
 
-Everything `hessflow.hvp.HessianOperator` computes on a device is one of two
-functions of one batch ``(x, y)`` of ``B`` examples, at the model's current
-weights θ (the trainable variables, flattened and concatenated in
-``model.trainable_variables`` order, each in C order; ``n`` numbers):
+Everything `hessflow.hvp.HessianOperator` and `hessflow.hvp.GGNOperator`
+compute on a device is one of three functions of one batch ``(x, y)`` of ``B``
+examples, at the model's current weights θ (the trainable variables, flattened
+and concatenated in ``model.trainable_variables`` order, each in C order; ``n``
+numbers):
 
 - `make_loss_and_gradient_sum`: ``(x, y) -> (Σ_i ℓ_i, ∇_θ Σ_i ℓ_i)``,
   a float64 scalar and a float64 ``(n,)`` vector;
 - `make_hvp_sum`: ``(x, y, v) -> ∇²_θ (Σ_i ℓ_i) v`` for ``v`` of shape
   ``(n,)`` in the compute dtype, a float64 ``(n,)`` vector; forward-over-reverse
   (a `tf.autodiff.ForwardAccumulator` around a `tf.GradientTape` gradient) or,
-  for comparison, double backprop (reverse-over-reverse).
+  for comparison, double backprop (reverse-over-reverse);
+- `make_ggn_sum`: ``(x, y, v) -> Jᵀ H_z J v``, the generalized Gauss–Newton
+  product, with ``z = f(x; θ)`` the batch's outputs, ``J = ∂z/∂θ`` and
+  ``H_z = ∇²_z Σ_i ℓ_i(z)`` the loss's Hessian in output space: ``J v`` by
+  forward mode, ``H_z (J v)`` by forward-over-reverse in output space, ``Jᵀ(·)``
+  by reverse mode (``output_gradients``), one forward pass of the network.
+
+Every kernel takes ``variables=``: the trainable variables θ_S to
+differentiate with respect to (a subset of ``model.trainable_variables``; all
+by default). The others are read as constants, so no tape or accumulator
+runs through them: the kernel returns the ``(n_S,)`` block part (the gradient
+with respect to θ_S, or the diagonal block ``∇²_{θ_S}`` of the curvature
+times a ``(n_S,)`` ``v``), at the cost of a pass that stops where θ_S ends.
 
 Sums, not means: the caller divides by the true example count, so that an
 uneven last batch is weighted right. ``ℓ_i`` is the per-example loss: the
@@ -50,12 +63,17 @@ __all__ = [
     "per_example_loss",
     "example_losses",
     "call_takes_training",
+    "make_forward",
     "make_batch_loss_sum",
     "make_hvp_sum",
+    "make_ggn_sum",
     "make_loss_and_gradient_sum",
+    "traced_product_sum",
     "traced_hvp_sum",
+    "traced_ggn_sum",
     "traced_loss_and_gradient_sum",
     "batch_specs",
+    "selected_dim",
     "flatten",
     "unflatten",
 ]
@@ -114,28 +132,69 @@ def call_takes_training(model: keras.Model) -> bool:
     return any(p.name == "training" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+def make_forward(model: keras.Model, training: bool) -> Callable:
+    """``(params, x) -> outputs``: the model's outputs as a function of the trainable parameter
+    tensors ``params`` (``model.trainable_variables`` order and shapes), in a curvature pass's
+    mode: batch statistics twice differentiable, noise layers off, model state untouched."""
+    non_trainable = list(model.non_trainable_variables)
+    mode = {"training": training} if call_takes_training(model) else {}
+
+    def forward(params, x):
+        # stateless_call returns the batch-norm updates instead of applying
+        # them: a curvature pass must not move the checkpoint's statistics.
+        with exact_batch_statistics(model), noise_layers_off(model):
+            outputs, _ = model.stateless_call(params, [v.value for v in non_trainable], x, **mode)
+        return outputs
+
+    return forward
+
+
 def make_batch_loss_sum(model: keras.Model, loss, training: bool) -> Callable:
     """``(params, x, y) -> Σ_i ℓ_i`` (compute dtype scalar) as a function of the trainable
     parameter tensors ``params`` (``model.trainable_variables`` order and shapes)."""
     per_example = per_example_loss(loss)
-    non_trainable = list(model.non_trainable_variables)
-    mode = {"training": training} if call_takes_training(model) else {}
+    forward = make_forward(model, training)
 
     def batch_loss_sum(params, x, y):
-        # stateless_call returns the batch-norm updates instead of applying
-        # them: a Hessian pass must not move the checkpoint's statistics.
-        with exact_batch_statistics(model), noise_layers_off(model):
-            outputs, _ = model.stateless_call(params, [v.value for v in non_trainable], x, **mode)
-        return tf.reduce_sum(example_losses(per_example(y, outputs), params[0].dtype))
+        return tf.reduce_sum(example_losses(per_example(y, forward(params, x)), params[0].dtype))
 
     return batch_loss_sum
 
 
-def _trainable(model: keras.Model):
-    variables = list(model.trainable_variables)
-    if not variables:
+def _selection(model: keras.Model, variables) -> tuple[list, list[int]]:
+    """``model.trainable_variables`` and the positions among them of ``variables`` (None: all),
+    in model order."""
+    trainable = list(model.trainable_variables)
+    if not trainable:
         raise ValueError("model has no trainable variables (is it built?)")
-    return variables, [tuple(v.shape) for v in variables]
+    if variables is None:
+        return trainable, list(range(len(trainable)))
+    position = {id(v): k for k, v in enumerate(trainable)}
+    unknown = [getattr(v, "path", repr(v)) for v in variables if id(v) not in position]
+    if unknown:
+        raise ValueError(f"variables {unknown} are not among the model's trainable variables")
+    positions = sorted({position[id(v)] for v in variables})
+    if not positions:
+        raise ValueError("variables is empty: select at least one trainable variable (or None for all)")
+    return trainable, positions
+
+
+def selected_dim(model: keras.Model, variables=None) -> int:
+    """Total size of ``variables`` (None: of all trainable variables): the kernels' ``n``."""
+    trainable, positions = _selection(model, variables)
+    return sum(int(np.prod(tuple(trainable[k].shape), dtype=np.int64)) for k in positions)
+
+
+def _parameters(trainable, positions) -> tuple[list, list]:
+    """Every trainable parameter (model order) for the forward pass, and the selected ones.
+
+    The selected are the variables themselves, which the caller watches; the
+    others are read into plain tensors, which no tape or accumulator watches:
+    they are constants of the pass, and its derivatives stop where they begin.
+    """
+    chosen = set(positions)
+    params = [var.value if k in chosen else tf.convert_to_tensor(var.value) for k, var in enumerate(trainable)]
+    return params, [params[k] for k in positions]
 
 
 def _dense(gradients):
@@ -152,41 +211,95 @@ def make_hvp_sum(
     training: bool,
     method: str = "forward_over_reverse",
     on_trace: Callable[[], None] | None = None,
+    variables=None,
 ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
     """``(x, y, v) -> ∇²(Σ_i ℓ_i) v``, float64 ``(n,)``; ``v``: ``(n,)`` in the compute dtype.
 
     ``on_trace`` is called each time the function body runs in Python (i.e. is traced).
+    ``variables``: differentiate with respect to these trainable variables only (default all);
+    then ``n`` is their total size and the product is their diagonal block's.
     """
     if method not in HVP_METHODS:
         raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
-    trainable, shapes = _trainable(model)
+    trainable, positions = _selection(model, variables)
+    shapes = [tuple(trainable[k].shape) for k in positions]
     batch_loss_sum = make_batch_loss_sum(model, loss, training)
     zero = tf.UnconnectedGradients.ZERO  # a variable the loss does not use has zero curvature
 
     def hvp_sum(x, y, v):
         if on_trace is not None:
             on_trace()
-        params = [var.value for var in trainable]
+        params, selected = _parameters(trainable, positions)
         tangents = unflatten(v, shapes)
         if method == "forward_over_reverse":
-            with tf.autodiff.ForwardAccumulator(params, tangents) as acc:
-                with tf.GradientTape() as tape:
-                    tape.watch(params)
+            with tf.autodiff.ForwardAccumulator(selected, tangents) as acc:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(selected)
                     loss_sum = batch_loss_sum(params, x, y)
-                gradient = _dense(tape.gradient(loss_sum, params, unconnected_gradients=zero))
+                gradient = _dense(tape.gradient(loss_sum, selected, unconnected_gradients=zero))
             product = acc.jvp(gradient, unconnected_gradients=zero)
         else:
-            with tf.GradientTape() as outer:
-                outer.watch(params)
-                with tf.GradientTape() as inner:
-                    inner.watch(params)
+            with tf.GradientTape(watch_accessed_variables=False) as outer:
+                outer.watch(selected)
+                with tf.GradientTape(watch_accessed_variables=False) as inner:
+                    inner.watch(selected)
                     loss_sum = batch_loss_sum(params, x, y)
-                gradient = _dense(inner.gradient(loss_sum, params, unconnected_gradients=zero))
+                gradient = _dense(inner.gradient(loss_sum, selected, unconnected_gradients=zero))
                 projection = tf.add_n([tf.reduce_sum(g * t) for g, t in zip(gradient, tangents)])
-            product = outer.gradient(projection, params, unconnected_gradients=zero)
+            product = outer.gradient(projection, selected, unconnected_gradients=zero)
         return tf.cast(flatten(product), tf.float64)
 
     return hvp_sum
+
+
+def make_ggn_sum(
+    model: keras.Model,
+    loss,
+    *,
+    training: bool,
+    on_trace: Callable[[], None] | None = None,
+    variables=None,
+) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """``(x, y, v) -> Jᵀ H_z J v``, float64 ``(n,)``; ``v``: ``(n,)`` in the compute dtype.
+
+    ``z`` is the model's output on the batch (any nest of tensors, e.g. logits
+    ``(B, C)`` or per-token logits ``(B, T, C)``), ``J = ∂z/∂θ`` (with batch norm
+    in train mode, every example's output depends on the whole batch: J is the
+    batch's), and ``H_z = ∇²_z Σ_i ℓ_i`` with ``ℓ_i`` reduced per example as in
+    `example_losses`. ``variables`` as in `make_hvp_sum`.
+    """
+    trainable, positions = _selection(model, variables)
+    shapes = [tuple(trainable[k].shape) for k in positions]
+    per_example = per_example_loss(loss)
+    forward = make_forward(model, training)
+    zero = tf.UnconnectedGradients.ZERO
+
+    def ggn_sum(x, y, v):
+        if on_trace is not None:
+            on_trace()
+        params, selected = _parameters(trainable, positions)
+        tangents = unflatten(v, shapes)
+        # One forward pass, seen by the accumulator (J v) and recorded by the tape (for Jᵀ).
+        with tf.autodiff.ForwardAccumulator(selected, tangents) as acc:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(selected)
+                outputs = forward(params, x)
+            output_tensors = tf.nest.flatten(outputs)
+            jv = acc.jvp(output_tensors, unconnected_gradients=zero)
+        # H_z (J v): forward-over-reverse of the loss in output space, z held as a fresh primal.
+        z = [tf.stop_gradient(t) for t in output_tensors]
+        with tf.autodiff.ForwardAccumulator(z, jv) as output_acc:
+            with tf.GradientTape(watch_accessed_variables=False) as output_tape:
+                output_tape.watch(z)
+                values = per_example(y, tf.nest.pack_sequence_as(outputs, z))
+                loss_sum = tf.reduce_sum(example_losses(values, selected[0].dtype))
+            output_gradient = output_tape.gradient(loss_sum, z, unconnected_gradients=zero)
+        hjv = output_acc.jvp(output_gradient, unconnected_gradients=zero)
+        # Jᵀ (H_z J v): reverse mode through the recorded forward pass, H_z J v as the seed.
+        product = tape.gradient(output_tensors, selected, output_gradients=hjv, unconnected_gradients=zero)
+        return tf.cast(flatten(_dense(product)), tf.float64)
+
+    return ggn_sum
 
 
 def make_loss_and_gradient_sum(
@@ -195,20 +308,24 @@ def make_loss_and_gradient_sum(
     *,
     training: bool,
     on_trace: Callable[[], None] | None = None,
+    variables=None,
 ) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """``(x, y) -> (Σ_i ℓ_i, ∇ Σ_i ℓ_i)``: a float64 scalar and a float64 ``(n,)`` vector."""
-    trainable, _ = _trainable(model)
+    """``(x, y) -> (Σ_i ℓ_i, ∇ Σ_i ℓ_i)``: a float64 scalar and a float64 ``(n,)`` vector.
+
+    ``variables`` as in `make_hvp_sum`: the gradient with respect to those only.
+    """
+    trainable, positions = _selection(model, variables)
     batch_loss_sum = make_batch_loss_sum(model, loss, training)
 
     def loss_and_gradient_sum(x, y):
         if on_trace is not None:
             on_trace()
-        params = [var.value for var in trainable]
-        with tf.GradientTape() as tape:
-            tape.watch(params)
+        params, selected = _parameters(trainable, positions)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(selected)
             loss_sum = batch_loss_sum(params, x, y)
-        gradient = tape.gradient(loss_sum, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return tf.cast(loss_sum, tf.float64), tf.cast(flatten(gradient), tf.float64)
+        gradient = tape.gradient(loss_sum, selected, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.cast(loss_sum, tf.float64), tf.cast(flatten(_dense(gradient)), tf.float64)
 
     return loss_and_gradient_sum
 
@@ -219,22 +336,27 @@ def batch_specs(x, y) -> tuple[tf.TensorSpec, tf.TensorSpec]:
             tf.TensorSpec((None, *y.shape[1:]), tf.as_dtype(y.dtype)))
 
 
-def traced_hvp_sum(
-    model: keras.Model,
-    loss,
-    x_spec: tf.TensorSpec,
-    y_spec: tf.TensorSpec,
-    *,
-    training: bool,
-    method: str = "forward_over_reverse",
-    jit_compile: bool = False,
-    on_trace: Callable[[], None] | None = None,
-):
-    """`make_hvp_sum` as a `tf.function` of ``(x, y, v)`` with a fixed input signature."""
-    dim = sum(int(np.prod(v.shape, dtype=np.int64)) for v in model.trainable_variables)
-    v_spec = tf.TensorSpec((dim,), model.trainable_variables[0].dtype)
-    function = make_hvp_sum(model, loss, training=training, method=method, on_trace=on_trace)
-    return tf.function(function, input_signature=[x_spec, y_spec, v_spec], jit_compile=jit_compile)
+def _vector_spec(model: keras.Model, variables) -> tf.TensorSpec:
+    return tf.TensorSpec((selected_dim(model, variables),), model.trainable_variables[0].dtype)
+
+
+def traced_product_sum(make_product: Callable, model: keras.Model, loss, x_spec: tf.TensorSpec,
+                       y_spec: tf.TensorSpec, *, jit_compile: bool = False, variables=None, **options):
+    """``make_product(model, loss, variables=variables, **options)`` (`make_hvp_sum`,
+    `make_ggn_sum`) as a `tf.function` of ``(x, y, v)`` with a fixed input signature: traced once."""
+    function = make_product(model, loss, variables=variables, **options)
+    return tf.function(function, input_signature=[x_spec, y_spec, _vector_spec(model, variables)],
+                       jit_compile=jit_compile)
+
+
+def traced_hvp_sum(model: keras.Model, loss, x_spec: tf.TensorSpec, y_spec: tf.TensorSpec, **options):
+    """`make_hvp_sum` traced once (`traced_product_sum`); ``options``: its keywords and ``jit_compile``."""
+    return traced_product_sum(make_hvp_sum, model, loss, x_spec, y_spec, **options)
+
+
+def traced_ggn_sum(model: keras.Model, loss, x_spec: tf.TensorSpec, y_spec: tf.TensorSpec, **options):
+    """`make_ggn_sum` traced once (`traced_product_sum`); ``options``: its keywords and ``jit_compile``."""
+    return traced_product_sum(make_ggn_sum, model, loss, x_spec, y_spec, **options)
 
 
 def traced_loss_and_gradient_sum(
@@ -246,7 +368,8 @@ def traced_loss_and_gradient_sum(
     training: bool,
     jit_compile: bool = False,
     on_trace: Callable[[], None] | None = None,
+    variables=None,
 ):
     """`make_loss_and_gradient_sum` as a `tf.function` of ``(x, y)`` with a fixed input signature."""
-    function = make_loss_and_gradient_sum(model, loss, training=training, on_trace=on_trace)
+    function = make_loss_and_gradient_sum(model, loss, training=training, on_trace=on_trace, variables=variables)
     return tf.function(function, input_signature=[x_spec, y_spec], jit_compile=jit_compile)
