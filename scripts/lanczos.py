@@ -1,4 +1,5 @@
-"""Rule lanczos: one SLQ draw at one checkpoint: tridiag_{draw}.npy, lanczos_vec_{draw}.npy, provenance."""
+"""Rule lanczos: one SLQ draw of one curvature at one checkpoint: tridiag_{draw}.npy, lanczos_vec_{draw}.npy,
+provenance_{draw}.json."""
 
 import sys
 
@@ -31,6 +32,10 @@ spec = LanczosJobSpec(
     run_seed=params.seed,
     step=int(snakemake.wildcards.step),
     draw=int(snakemake.wildcards.draw),
+    operator=snakemake.wildcards.operator,
+    block=snakemake.wildcards.block,
+    variables=params.variables,
+    probe=params.probe,
     strategy=params.strategy,
     # mirrored: replicas on this node's devices; multi_worker: one process per worker.
     workers=1 if multi_worker else params.workers,

@@ -16,5 +16,7 @@ from hessflow.reproduce import density_step_figure  # noqa: E402  (shared with h
 
 with open(snakemake.input.stats) as handle:
     stats = json.load(handle)
-figure = density_step_figure(np.load(snakemake.input.density), stats, int(snakemake.wildcards.step))
+wildcards = snakemake.wildcards
+figure = density_step_figure(np.load(snakemake.input.density), stats, int(wildcards.step),
+                             operator=wildcards.operator, block=wildcards.block)
 save_figure(figure, snakemake.output[0], dpi=snakemake.params.dpi)

@@ -1,4 +1,4 @@
-"""Rule render_trajectory: every checkpoint's density, and λmax and negative mass over training."""
+"""Rule render_trajectory: one curvature's density at every checkpoint, and λmax and negative mass over training."""
 
 import sys
 
@@ -13,5 +13,7 @@ from hessflow.plots import save_figure  # noqa: E402
 from hessflow.reproduce import trajectory_run_figure  # noqa: E402  (shared with hessflow-reproduce)
 
 densities = [np.load(path) for path in snakemake.input.densities]
-figure = trajectory_run_figure(snakemake.params.steps, densities, snakemake.input.summary)
+wildcards = snakemake.wildcards
+figure = trajectory_run_figure(snakemake.params.steps, densities, snakemake.input.summary,
+                               operator=wildcards.operator, block=wildcards.block)
 save_figure(figure, snakemake.output[0], dpi=snakemake.params.dpi)

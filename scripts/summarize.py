@@ -1,4 +1,4 @@
-"""Rule summarize: summary.csv, one row per checkpoint step (spectrum, loss, accuracy)."""
+"""Rule summarize: summary.csv, one row per curvature and checkpoint step (spectrum, loss, accuracy)."""
 
 import sys
 
@@ -19,15 +19,15 @@ def load(path):
 
 
 rows = [
-    summary_row(step, load(stats), load(evaluation), load(provenance))
-    for step, stats, evaluation, provenance in zip(
-        snakemake.params.steps, snakemake.input.stats, snakemake.input.evaluations, snakemake.input.provenance
+    summary_row(step, load(stats), load(evaluation), load(provenance), operator=operator, block=block)
+    for (operator, block, step), stats, evaluation, provenance in zip(
+        snakemake.params.rows, snakemake.input.stats, snakemake.input.evaluations, snakemake.input.provenance
     )
 ]
 summary = summary_table(rows)
 print(summary.to_string(index=False))
 if summary["diverged"].any():
-    steps = ", ".join(str(step) for step in summary["step"][summary["diverged"]])
+    steps = ", ".join(str(step) for step in sorted(set(summary["step"][summary["diverged"]])))
     print(f"hessflow: warning: training diverged by step {steps} (train loss not finite or over 10 times "
-          "that of the first row; column `diverged` of summary.csv): lower training.learning_rate")
+          "that of the earliest step; column `diverged` of summary.csv): lower training.learning_rate")
 artifacts.save_text(snakemake.output[0], summary.to_csv(index=False))

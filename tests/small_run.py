@@ -55,7 +55,8 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
 
 
 def planned_jobs(workdir: Path, config: dict, *targets: str) -> dict[tuple[str, str], list[str]]:
-    """The jobs a dry run plans, job by job: (rule, "step=.., draw=..") -> its output paths.
+    """The jobs a dry run plans, job by job: (rule, "block=.., draw=.., operator=.., step=..") -> its
+    output paths (the job's wildcards in name order).
 
     Parsed from ``snakemake --dry-run``'s job blocks; the ``all`` target job is left out.
     """
@@ -72,7 +73,7 @@ def planned_jobs(workdir: Path, config: dict, *targets: str) -> dict[tuple[str, 
             continue
         stripped = line.strip()
         if stripped.startswith("wildcards: "):
-            current[1] = stripped.removeprefix("wildcards: ")
+            current[1] = ", ".join(sorted(stripped.removeprefix("wildcards: ").split(", ")))
         elif stripped.startswith("output: "):
             current[2] = stripped.removeprefix("output: ").split(", ")
     planned = {}
@@ -83,10 +84,18 @@ def planned_jobs(workdir: Path, config: dict, *targets: str) -> dict[tuple[str, 
     return planned
 
 
-def job(rule: str, step: int | None = None, draw: int | None = None) -> tuple[str, str]:
-    """A planned-job key as :func:`planned_jobs` writes it."""
-    parts = ([f"step={step}"] if step is not None else []) + ([f"draw={draw}"] if draw is not None else [])
-    return rule, ", ".join(parts)
+#: The rules that run once per curvature (their paths hold ``{operator}/{block}``).
+CURVATURE_RULES = {"lanczos", "top_pairs", "aggregate", "density", "render_density", "render_trajectory"}
+
+
+def job(rule: str, step: int | None = None, draw: int | None = None, operator: str = "hessian",
+        block: str = "all") -> tuple[str, str]:
+    """A planned-job key as :func:`planned_jobs` writes it (a curvature rule's of ``operator`` on
+    ``block``)."""
+    wildcards = {"step": step, "draw": draw}
+    if rule in CURVATURE_RULES:
+        wildcards |= {"operator": operator, "block": block}
+    return rule, ", ".join(f"{name}={value}" for name, value in sorted(wildcards.items()) if value is not None)
 
 
 def snapshot(workdir: Path) -> dict[str, tuple[int, str]]:

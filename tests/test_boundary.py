@@ -300,7 +300,7 @@ def check_artifacts(result):
 
 def check_layout(result):
     assert result["checkpoint"] == "results/demo/checkpoints/step_{step}.weights.h5"
-    assert result["state"] == "results/demo/lanczos/step_300/.state_1.npz"
+    assert result["state"] == "results/demo/lanczos/hessian/all/step_300/.state_1.npz"
 
 
 def check_plots(result):

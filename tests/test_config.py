@@ -341,8 +341,10 @@ def test_every_schema_key_has_type_and_description():
 
 
 # Keyword arguments of a factory or loss of the user's: any mapping (checked against the
-# function's signature when a job starts); the built-ins' options are checked by the schema.
+# function's signature when a job starts); the built-ins' options are checked by the schema. And
+# the user's block names (propertyNames), each mapped to a list of patterns.
 FACTORY_OPTIONS = {"model.options", "data.options", "loss.options"}
+USER_NAMED = FACTORY_OPTIONS | {"hessian.blocks"}
 
 
 def test_every_schema_object_refuses_unknown_keys():
@@ -350,7 +352,7 @@ def test_every_schema_object_refuses_unknown_keys():
     objects = [("(root)", schema)] + [
         (key, sub) for key, sub in schema_keys().items() if sub.get("type") == "object"]
     for key, sub in objects:
-        if key not in FACTORY_OPTIONS:
+        if key not in USER_NAMED:
             assert sub.get("additionalProperties") is False, key
 
 

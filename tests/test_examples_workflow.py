@@ -44,10 +44,10 @@ def test_the_example_runs_end_to_end(example, task, tmp_path):
     run = tmp_path / "results" / f"example_{example}"
     card = json.loads((run / "data" / "dataset.json").read_text())
     assert card["task"] == task
-    tridiag = np.load(run / "lanczos" / f"step_{STEP}" / "tridiag_0.npy")
+    tridiag = np.load(run / "lanczos" / "hessian" / "all" / f"step_{STEP}" / "tridiag_0.npy")
     assert tridiag.shape == (8, 8) and np.all(np.isfinite(tridiag))
     with open(run / "summary.csv", newline="") as handle:
         (row,) = csv.DictReader(handle)
     assert float(row["lambda_max"]) > 0 and np.isfinite(float(row["hessian_loss"]))
     assert (row["test_accuracy"] != "") == (task == "classification")
-    assert (run / "figures" / "trajectory.png").is_file()
+    assert (run / "figures" / "hessian" / "all" / "trajectory.png").is_file()

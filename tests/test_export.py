@@ -11,7 +11,7 @@ from hessflow.export import SOFTWARE_VERSIONS_FILE, export_run, software_version
 
 def make_run(root):
     files = {"manifest.tsv": "path\tsize_bytes\tsha256\n", "config.json": "{}\n",
-             "lanczos/step_5/tridiag_0.npy": "not really npy", "summary.csv": "step\n5\n"}
+             "lanczos/hessian/all/step_5/tridiag_0.npy": "not really npy", "summary.csv": "step\n5\n"}
     for relative, text in files.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_text(text)
@@ -22,10 +22,10 @@ def test_the_archive_holds_one_run_folder_with_the_files_versions_and_export_rec
     root = tmp_path / "results" / "tiny"
     files = make_run(root)
     archive = tmp_path / "results" / "tiny.tar.gz"
-    artifacts = [root / "config.json", root / "lanczos/step_5/tridiag_0.npy", root / "summary.csv"]
-    shipped = export_run(archive, root, artifacts, "tiny", left_out=["lanczos/step_5/lanczos_vec_0.npy"])
+    artifacts = [root / "config.json", root / "lanczos/hessian/all/step_5/tridiag_0.npy", root / "summary.csv"]
+    shipped = export_run(archive, root, artifacts, "tiny", left_out=["lanczos/hessian/all/step_5/lanczos_vec_0.npy"])
 
-    assert shipped == ["config.json", "lanczos/step_5/tridiag_0.npy", "manifest.tsv", "summary.csv"]
+    assert shipped == ["config.json", "lanczos/hessian/all/step_5/tridiag_0.npy", "manifest.tsv", "summary.csv"]
     with tarfile.open(archive) as tar:
         members = {member.name: member for member in tar.getmembers()}
         assert set(members) == {f"tiny/{name}" for name in [*shipped, SOFTWARE_VERSIONS_FILE, "export.json"]}
@@ -35,7 +35,7 @@ def test_the_archive_holds_one_run_folder_with_the_files_versions_and_export_rec
         export = json.loads(tar.extractfile("tiny/export.json").read())
         versions = tar.extractfile(f"tiny/{SOFTWARE_VERSIONS_FILE}").read().decode()
     assert export == {"run_name": "tiny", "hessflow_version": __version__,
-                      "left_out": ["lanczos/step_5/lanczos_vec_0.npy"]}
+                      "left_out": ["lanczos/hessian/all/step_5/lanczos_vec_0.npy"]}
     assert f"hessflow=={__version__}" in versions.splitlines()
     assert not list(archive.parent.glob(".*tmp*")), "a temporary file was left beside the archive"
 

@@ -272,8 +272,8 @@ def interrupted(tmp_path_factory):
     workdir = fresh_copy(tmp_path_factory, "locked")
     run = results(workdir)
     baseline_state = {path: digest for path, (_, digest) in snapshot(workdir).items()}
-    (run / f"spectrum/step_{STEP}/density.npy").unlink()  # density, render, summary, trajectory, manifest
-    density_log = run / f"logs/density/step_{STEP}.log"
+    (run / f"spectrum/hessian/all/step_{STEP}/density.npy").unlink()  # density, render, summary, trajectory, manifest
+    density_log = run / f"logs/density/hessian/all/step_{STEP}.log"
     density_log.unlink()
     untouched = {path: state for path, state in snapshot(workdir).items()
                  if path.endswith((f"density_step_{STEP}.png", "trajectory.png", "summary.csv", "manifest.tsv"))}
@@ -313,7 +313,7 @@ def test_sigterm_of_snakemake_finishes_the_running_job_and_a_plain_rerun_complet
     assert "Will exit after finishing currently running jobs" in interrupted.first_output, (
         interrupted.first_output[-3000:])
     after = interrupted.after_sigterm
-    assert f"results/small/spectrum/step_{STEP}/density.npy" in after, "the running job finished"
+    assert f"results/small/spectrum/hessian/all/step_{STEP}/density.npy" in after, "the running job finished"
     assert {path: after[path] for path in interrupted.untouched} == interrupted.untouched, (
         "no job started after SIGTERM")
     locks = interrupted.workdir / ".snakemake" / "locks"
@@ -440,4 +440,4 @@ def test_sigkilled_train_job_and_snakemake_rerun_after_unlock_into_the_clean_run
     snakemake(workdir, SMALL_CONFIG)  # rerun-incomplete (the profile): the killed job's outputs go first
     clean = run_contents(baseline(tmp_path_factory))
     assert run_contents(workdir) == clean, "two runs of one config, one of them killed, give the same bits"
-    assert len(clean) > 20 and f"results/{RUN}/spectrum/step_20/density.npy" in clean
+    assert len(clean) > 20 and f"results/{RUN}/spectrum/hessian/all/step_20/density.npy" in clean

@@ -211,7 +211,7 @@ def test_reproduce_refuses_a_tridiag_that_differs_from_its_provenance_under_a_re
 
     run = results(fresh_copy(tmp_path_factory, "recertified"))
     step = SMALL_CONFIG["spectrum"]["steps"][-1]
-    relative = f"lanczos/step_{step}/tridiag_0.npy"
+    relative = f"lanczos/hessian/all/step_{step}/tridiag_0.npy"
     flip_last_byte(run / relative)
     rows = read_manifest(run / "manifest.tsv")  # the manifest rewritten after the change
     write_manifest(run / "manifest.tsv", [run / row["path"] for row in rows], root=run)
@@ -231,13 +231,13 @@ def test_tridiag_changed_after_its_job_fails_aggregation_and_is_not_recertified(
     work = fresh_copy(tmp_path_factory, "tampered_tridiag")
     run = results(work)
     step = SMALL_CONFIG["spectrum"]["steps"][-1]
-    tampered = run / f"lanczos/step_{step}/tridiag_1.npy"
+    tampered = run / f"lanczos/hessian/all/step_{step}/tridiag_1.npy"
     manifest_before = (run / "manifest.tsv").read_bytes()
     flip_last_byte(tampered)
 
     done = snakemake(work, SMALL_CONFIG, check=False)
     assert done.returncode != 0
-    log = (run / f"logs/aggregate/step_{step}.log").read_text()
+    log = (run / f"logs/aggregate/hessian/all/step_{step}.log").read_text()
     assert re.search(r"tridiag_1\.npy \(draw 1\) is refused: it changed after its Lanczos job wrote it", log), log
     assert re.search(FIX.format(draw=1), log)
     assert (run / "manifest.tsv").read_bytes() == manifest_before  # not re-certified

@@ -64,8 +64,8 @@ def project(tmp_path_factory):
 def test_every_output_lies_under_the_prefix(project):
     folder, _ = project
     run = folder / "sub" / "results" / "tiny"
-    for relative in ["manifest.tsv", "config.json", "summary.csv", f"lanczos/step_{STEP}/tridiag_0.npy",
-                     f"spectrum/step_{STEP}/density.npy", "figures/trajectory.png"]:
+    for relative in ["manifest.tsv", "config.json", "summary.csv", f"lanczos/hessian/all/step_{STEP}/tridiag_0.npy",
+                     f"spectrum/hessian/all/step_{STEP}/density.npy", "figures/hessian/all/trajectory.png"]:
         assert (run / relative).is_file(), relative
     assert not (folder / "results").exists()
     assert not list((run / "lanczos").rglob(".state_*")), "the resumable state was left behind"
@@ -73,7 +73,7 @@ def test_every_output_lies_under_the_prefix(project):
 
 def test_the_tridiagonal_is_symmetric_tridiagonal(project):
     folder, _ = project
-    tridiag = np.load(folder / f"sub/results/tiny/lanczos/step_{STEP}/tridiag_0.npy")
+    tridiag = np.load(folder / f"sub/results/tiny/lanczos/hessian/all/step_{STEP}/tridiag_0.npy")
     assert tridiag.shape == (5, 5) and tridiag.dtype == np.float64
     np.testing.assert_array_equal(tridiag, tridiag.T)
     assert not np.any(np.triu(tridiag, 2)), "entries beyond the first off-diagonal"
@@ -82,14 +82,15 @@ def test_the_tridiagonal_is_symmetric_tridiagonal(project):
 
 def test_the_density_integrates_to_one_on_the_configured_grid(project):
     folder, _ = project
-    grid, density = np.load(folder / f"sub/results/tiny/spectrum/step_{STEP}/density.npy")
+    grid, density = np.load(folder / f"sub/results/tiny/spectrum/hessian/all/step_{STEP}/density.npy")
     assert grid.shape == (200,)
     assert np.sum(density) * (grid[1] - grid[0]) == pytest.approx(1.0, rel=1e-9)
 
 
 def test_the_provenance_records_the_configured_threads(project):
     folder, _ = project
-    provenance = json.loads((folder / f"sub/results/tiny/lanczos/step_{STEP}/provenance_0.json").read_text())
+    provenance_file = folder / f"sub/results/tiny/lanczos/hessian/all/step_{STEP}/provenance_0.json"
+    provenance = json.loads(provenance_file.read_text())
     assert provenance["threads"] == TINY_CONFIG["resources"]["lanczos"]["threads"]
 
 
@@ -103,8 +104,8 @@ def test_the_console_shows_no_tensorflow_log_lines(project):
 def test_the_tensorflow_lines_are_in_the_job_logs(project):
     folder, _ = project
     logs = folder / "sub/results/tiny/logs"
-    for name in ["train.log", f"evaluate/step_{STEP}.log", f"lanczos/step_{STEP}_draw_0.log"]:
+    for name in ["train.log", f"evaluate/step_{STEP}.log", f"lanczos/hessian/all/step_{STEP}_draw_0.log"]:
         assert (logs / name).is_file(), name
-    lanczos_log = (logs / f"lanczos/step_{STEP}_draw_0.log").read_text()
+    lanczos_log = (logs / f"lanczos/hessian/all/step_{STEP}_draw_0.log").read_text()
     assert CPP_LOG_LINE.search(lanczos_log), "no TensorFlow C++ line in the job log: nothing was redirected"
     assert "TensorFlow thread pools: 1 intra-op, 1 inter-op" in lanczos_log

@@ -1,4 +1,4 @@
-"""Density and trajectory figures, and their atomic, reproducible PNG output."""
+"""Density, trajectory and curvatures figures, and their atomic, reproducible PNG output."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hessflow.plots import density_figure, save_figure, trajectory_figure
+from hessflow.plots import curvatures_figure, density_figure, save_figure, trajectory_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -169,6 +169,77 @@ def test_trajectory_figure_with_a_single_step_renders(tmp_path):
 def test_trajectory_figure_names_missing_summary_columns():
     with pytest.raises(ValueError, match="negative_mass"):
         trajectory_figure(training_densities(), training_summary().drop(columns="negative_mass"))
+
+
+def test_trajectory_figure_takes_a_title():
+    fig = trajectory_figure(training_densities(), training_summary(), title="Gauss-Newton spectrum along training")
+    assert fig.get_suptitle() == "Gauss-Newton spectrum along training"
+
+
+# --- curvatures_figure -------------------------------------------------------
+
+
+def two_blocks_two_operators():
+    """(operator, block, grid, density): Hessian and GGN on "all" (different grids) and "conv"."""
+    grid, density = bulk_and_outlier_density()
+    narrow = np.linspace(-0.01, 4.0, 300)
+    psd = np.exp(-(narrow**2) / 0.02)
+    return [("hessian", "all", grid, density), ("ggn", "all", narrow, psd),
+            ("hessian", "conv", narrow, 2 * psd), ("ggn", "conv", narrow, psd)]
+
+
+def test_curvatures_figure_has_one_panel_per_block_in_order_titled_by_block():
+    fig = curvatures_figure(20, two_blocks_two_operators())
+    assert [ax.get_label() for ax in fig.axes] == ["all", "conv"]
+    assert [ax.get_title() for ax in fig.axes] == ["all", "conv"]
+    assert fig.get_suptitle() == "step 20"
+
+
+def test_curvatures_figure_overlays_the_operators_of_a_block_and_marks_zero():
+    curves = two_blocks_two_operators()
+    for ax, block in zip(curvatures_figure(20, curves).axes, ["all", "conv"]):
+        assert [line.get_gid() for line in ax.get_lines()] == ["zero", "hessian", "ggn"]
+        np.testing.assert_array_equal(line_by_gid(ax, "zero").get_xdata(), [0.0, 0.0])
+        assert line_by_gid(ax, "hessian").get_linestyle() == "-"
+        assert line_by_gid(ax, "ggn").get_linestyle() == "--"
+        for operator, _, grid, density in (c for c in curves if c[1] == block):
+            np.testing.assert_array_equal(line_by_gid(ax, operator).get_xdata(), grid)
+            np.testing.assert_array_equal(line_by_gid(ax, operator).get_ydata(), np.maximum(density, 1e-8))
+
+
+def test_curvatures_figure_panels_share_a_log_y_axis_and_each_spans_its_own_grids():
+    fig = curvatures_figure(20, two_blocks_two_operators())
+    everything, conv = fig.axes
+    assert everything.get_yscale() == conv.get_yscale() == "log"
+    assert everything.get_shared_y_axes().joined(everything, conv)
+    assert everything.get_xlim() == (-1.0, 10.0)  # the Hessian's grid; the GGN's lies inside it
+    assert conv.get_xlim() == (-0.01, 4.0)
+
+
+def test_curvatures_figure_names_the_operators_in_one_legend_outside_the_panels():
+    fig = curvatures_figure(20, two_blocks_two_operators())
+    (legend,) = fig.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["Hessian", "Gauss-Newton"]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+
+
+def test_curvatures_figure_of_one_operator_on_several_blocks_renders(tmp_path):
+    curves = [curve for curve in two_blocks_two_operators() if curve[0] == "ggn"]
+    fig = curvatures_figure(5, curves)
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["Gauss-Newton"]
+    save_figure(fig, tmp_path / "curvatures.png")
+    assert (tmp_path / "curvatures.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize(("curves", "message"), [
+    ([("newton", "all", *bulk_and_outlier_density())], "unknown operator 'newton'"),
+    ([("ggn", "all", *bulk_and_outlier_density())] * 2, "given twice"),
+    ([], "curves is empty"),
+])
+def test_curvatures_figure_rejects_bad_curves_by_name(curves, message):
+    with pytest.raises(ValueError, match=message):
+        curvatures_figure(0, curves)
 
 
 # --- save_figure -------------------------------------------------------------

@@ -29,15 +29,17 @@ import numpy as np
 import pytest
 import yaml
 
+from tiny_job import lanczos_job_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
 RUN = "preemption"
 STEP, STEPS, SAVE_EVERY = 10, 30, 5
 BASE = f"results/{RUN}"
 CHECKPOINT = f"{BASE}/checkpoints/step_{STEP}.weights.h5"
-TRIDIAG = f"{BASE}/lanczos/step_{STEP}/tridiag_0.npy"
-STATE = f"{BASE}/lanczos/step_{STEP}/.state_0.npz"
-LOG = f"{BASE}/logs/lanczos/step_{STEP}_draw_0.log"
+TRIDIAG = f"{BASE}/lanczos/hessian/all/step_{STEP}/tridiag_0.npy"
+STATE = f"{BASE}/lanczos/hessian/all/step_{STEP}/.state_0.npz"
+LOG = f"{BASE}/logs/lanczos/hessian/all/step_{STEP}_draw_0.log"
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
@@ -117,7 +119,7 @@ def test_killed_lanczos_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
     resumed = np.load(killed / TRIDIAG)
     assert np.array_equal(resumed, reference), np.abs(resumed - reference).max()
     assert not (killed / STATE).exists(), "the state file should be removed once outputs are written"
-    provenance = json.loads((killed / f"{BASE}/lanczos/step_{STEP}/provenance_0.json").read_text())
+    provenance = json.loads((killed / f"{BASE}/lanczos/hessian/all/step_{STEP}/provenance_0.json").read_text())
     assert provenance["resumed_from"] == saved
     # Only the steps after the saved one were recomputed.
     assert logged_steps(killed / LOG)[0] == saved + 1
@@ -125,31 +127,6 @@ def test_killed_lanczos_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
 class Interrupted(Exception):
     """Stands for a preemption: raised from the job's log once the state holds 8 steps."""
-
-
-def lanczos_job_spec(folder: Path, batch_size: int) -> dict:
-    """A tiny Lanczos job (small CNN with batch norm, 3,842 parameters, 100 digit-like examples)."""
-    from hessflow import checkpoints, data, factories
-
-    rng = np.random.default_rng(5)
-    x, y = rng.integers(0, 17, size=(100, 8, 8, 1), dtype=np.uint8), rng.integers(0, 10, size=100)
-    card = data.data_card((x, y), (x[:10], y[:10]), source={"factory": "test", "options": {}, "preprocess": "auto"})
-    np.save(folder / "x.npy", x), np.save(folder / "y.npy", y)
-    (folder / "card.json").write_text(json.dumps(card))
-    model_config = {"factory": "small_cnn", "options": {"batch_norm": True}}
-    if not (folder / "step_0.weights.h5").exists():
-        model = factories.build_model(model_config["factory"], model_config["options"], card=card, seed=0)
-        checkpoints.save_checkpoint(model, folder / "step_0.weights.h5")
-    return {
-        "checkpoint": str(folder / "step_0.weights.h5"), "images": str(folder / "x.npy"),
-        "labels": str(folder / "y.npy"), "card": str(folder / "card.json"), "model": model_config,
-        "objective": {"loss": {"name": "SparseCategoricalCrossentropy", "options": {"from_logits": True}},
-                      "weight_decay": 5e-4, "preprocess": "auto"},
-        "hessian": {"batch_size": batch_size, "batch_norm": "train", "dtype": "float64", "max_examples": None},
-        "num_steps": 12, "save_every": 4, "run_seed": 0, "step": 0, "draw": 0,
-        "state_file": str(folder / ".state_0.npz"),
-        "outputs": {"tridiag": str(folder / "tridiag_0.npy"), "provenance": str(folder / "provenance_0.json")},
-    }
 
 
 def test_state_of_another_batch_size_is_discarded_logged_and_the_job_gives_the_clean_run(tmp_path):

@@ -19,6 +19,7 @@ written after it is read as a config file: a separate check refuses that order i
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import shutil
@@ -74,6 +75,9 @@ COMMANDS = {
     ".venv/bin/snakemake --workflow-profile workflow/profiles/slurm --configfile config/cifar10_resnet32.yaml": (
         DRY, "submits to Slurm; a dry run loads the profile and the executor plugin (tests/test_slurm.py "
         "runs one job through a real sbatch)"),
+    ".venv/bin/snakemake --cores 2 --configfile config/config.yaml config/curvatures.yaml": (
+        DRY, "the demo's Hessian and Gauss-Newton spectra per block: 30 more Lanczos jobs; one Lanczos job of "
+        "each operator and block kind runs in tests/test_lanczos_job.py"),
     ".venv/bin/snakemake export": (
         DRY, "needs the finished demo; tests/test_reproduce.py exports the small run and reproduces it"),
     ".venv/bin/snakemake export --configfile config/cifar10_resnet32.yaml": (
@@ -136,7 +140,8 @@ def test_every_readme_command_is_classified_with_a_reason():
 
 
 def test_no_snakemake_command_puts_a_target_after_configfile():
-    """In code blocks and inline code alike: after --configfile only config files (.yaml/.json)."""
+    """In code blocks and inline code alike: after --configfile only config files (.yaml/.json),
+    one or several (Snakemake merges them in order)."""
     paths = [*READMES, ROOT / "examples" / "README.md"]
     spans = [span for path in paths
              for span in re.findall(r"`([^`\n]*snakemake [^`\n]*)`", path.read_text(encoding="utf-8"))]
@@ -145,11 +150,11 @@ def test_no_snakemake_command_puts_a_target_after_configfile():
         words = shlex.split(text)
         for i, word in enumerate(words):
             if word == "--configfile":
-                after = [w for w in words[i + 1:] if not w.startswith("-")][:1]
-                follows = words[i + 2] if i + 2 < len(words) else ""
-                assert after and after[0].endswith((".yaml", ".json")), text
-                assert follows == "" or follows.startswith("-"), (
-                    f"{text!r}: {follows!r} after --configfile's file is read as one more config file; "
+                files = list(itertools.takewhile(lambda w: not w.startswith("-"), words[i + 1:]))
+                assert files, text
+                targets = [name for name in files if not name.endswith((".yaml", ".json"))]
+                assert not targets, (
+                    f"{text!r}: {targets[0]!r} after --configfile is read as one more config file; "
                     "put targets before --configfile")
                 checked += 1
     assert checked >= 5, "the check found too few --configfile uses to be checking anything"
@@ -186,8 +191,8 @@ def test_hessflow_reproduce_runs_as_written_on_a_run_folder(checkout, tmp_path_f
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"rebuilt (\d+) files in reproduced/demo: \1 identical to the originals", done.stdout), done.stdout
-    assert np.array_equal(np.load(checkout / "reproduced/demo/spectrum/step_20/density.npy"),
-                          np.load(run / "spectrum/step_20/density.npy"))
+    assert np.array_equal(np.load(checkout / "reproduced/demo/spectrum/hessian/all/step_20/density.npy"),
+                          np.load(run / "spectrum/hessian/all/step_20/density.npy"))
 
 
 def test_papercode_import_runs_as_written_on_paper_layout_folders(checkout):

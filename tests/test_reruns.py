@@ -19,7 +19,7 @@ def downstream(steps):
     """What every change that touches a checkpoint's spectrum reruns after its Lanczos jobs."""
     jobs = set()
     for step in steps:
-        jobs |= {job("aggregate", step), job("density", step), job("render_density", step)}
+        jobs |= {job("aggregate", step), job("top_pairs", step), job("density", step), job("render_density", step)}
     return jobs | {job("summarize"), job("render_trajectory"), job("resolved_config"), job("manifest")}
 
 
@@ -97,6 +97,24 @@ def test_each_change_reruns_exactly_what_it_affects(tmp_path_factory):
 
     # The grid: the same set (dry run only).
     check_dry_run(workdir, changed(config, "density.grid_len", 400), after_density(steps), "density.grid_len")
+
+    # Another operator, then another block (dry runs only): the new curvature's Lanczos jobs and
+    # what follows from them, the figure of every curvature per step; no existing job.
+    def new_curvature(operator, block):
+        jobs = {job("lanczos", step, draw, operator, block) for step in steps for draw in (0, 1, 2)}
+        for step in steps:
+            jobs |= {job(rule, step, operator=operator, block=block)
+                     for rule in ("aggregate", "top_pairs", "density", "render_density")}
+        # Every curvature's trajectory figure reads summary.csv, which gains the new one's rows.
+        trajectories = {job("render_trajectory", operator=o, block=b)
+                        for o, b in [("hessian", "all"), (operator, block)]}
+        return jobs | trajectories | {job("render_curvatures", 10), job("render_curvatures", 20), job("summarize"),
+                                      job("manifest"), job("resolved_config")}
+
+    with_ggn = changed(config, "hessian.operator", ["hessian", "ggn"])
+    check_dry_run(workdir, with_ggn, new_curvature("ggn", "all"), "hessian.operator")
+    with_block = changed(config, "hessian.blocks", {"all": [".*"], "head": ["logits"]})
+    check_dry_run(workdir, with_block, new_curvature("hessian", "head"), "hessian.blocks")
 
 
 def test_spectrum_step_that_training_does_not_save_is_refused_by_name(tmp_path):

@@ -165,10 +165,10 @@ class Demo:
         self.m = config["lanczos"]["steps"]
 
     def lanczos(self, step, name):
-        return self.results / "lanczos" / f"step_{step}" / name
+        return self.results / "lanczos" / "hessian" / "all" / f"step_{step}" / name
 
     def spectrum(self, step, name):
-        return self.results / "spectrum" / f"step_{step}" / name
+        return self.results / "spectrum" / "hessian" / "all" / f"step_{step}" / name
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +327,7 @@ def test_demo_test_accuracy_at_the_last_step_is_above_0_8(demo):
 
 
 def test_demo_figures_are_valid_pngs(demo):
-    figures = demo.results / "figures"
+    figures = demo.results / "figures" / "hessian" / "all"
     expected = {f"density_step_{step}.png" for step in demo.steps} | {"trajectory.png"}
     assert {path.name for path in figures.iterdir()} == expected
     for name in expected:
@@ -392,7 +392,7 @@ def test_demo_lanczos_logs_report_progress_and_time_left(demo):
     pattern = re.compile(r"Lanczos step (\d+)/(\d+).*estimated time left")
     for step in demo.steps:
         for draw in demo.draws:
-            log = demo.results / "logs" / "lanczos" / f"step_{step}_draw_{draw}.log"
+            log = demo.results / "logs" / "lanczos" / "hessian" / "all" / f"step_{step}_draw_{draw}.log"
             progress = [pattern.search(line) for line in log.read_text().splitlines()]
             progress = [(int(m.group(1)), int(m.group(2))) for m in progress if m]
             assert progress == [(i, demo.m) for i in range(1, demo.m + 1)], log.name
@@ -404,9 +404,9 @@ def test_demo_writes_a_benchmark_tsv_for_every_job(demo):
     assert counts, "no Job stats table in the demo's output"
     benchmarks = demo.results / "benchmarks"
     for rule, count in counts.items():
-        # a rule without wildcards: benchmarks/<rule>.tsv; with: benchmarks/<rule>/<wildcards>.tsv
+        # a rule without wildcards: benchmarks/<rule>.tsv; with: benchmarks/<rule>/[<operator>/<block>/]<step...>.tsv
         files = [benchmarks / f"{rule}.tsv"] if (benchmarks / f"{rule}.tsv").exists() else []
-        files += sorted((benchmarks / rule).glob("*.tsv"))
+        files += sorted((benchmarks / rule).rglob("*.tsv"))
         assert len(files) == count, f"rule {rule}: {count} jobs, benchmark files {files}"
         for path in files:
             rows = read_tsv(path)
@@ -437,7 +437,7 @@ def test_lanczos_job_rerun_reproduces_the_tridiagonal_bit_for_bit(demo, tmp_path
     workdir = tmp_path / "demo"
     shutil.copytree(demo.workdir, workdir, symlinks=True)
     step, draw = demo.steps[len(demo.steps) // 2], demo.draws[-1]
-    relative = Path("results", demo.config["run_name"], "lanczos", f"step_{step}")
+    relative = Path("results", demo.config["run_name"], "lanczos", "hessian", "all", f"step_{step}")
     originals = {
         name: (workdir / relative / name).read_bytes()
         for name in (f"tridiag_{draw}.npy", f"lanczos_vec_{draw}.npy")
@@ -625,7 +625,7 @@ def test_reduced_cifar10_prepares_exactly_the_served_images(reduced_cifar):
 def test_reduced_cifar10_hessian_is_over_all_resnet32_parameters(reduced_cifar):
     results, config, _ = reduced_cifar
     for step in analysed_steps(config):
-        provenance = load_json(results / "lanczos" / f"step_{step}" / "provenance_0.json")
+        provenance = load_json(results / "lanczos" / "hessian" / "all" / f"step_{step}" / "provenance_0.json")
         assert provenance["dim"] == RESNET32_PARAMETERS
         assert provenance["num_examples"] == 5 * 8
 
@@ -633,7 +633,7 @@ def test_reduced_cifar10_hessian_is_over_all_resnet32_parameters(reduced_cifar):
 def test_reduced_cifar10_tridiags_are_5_by_5(reduced_cifar):
     results, config, _ = reduced_cifar
     for step in analysed_steps(config):
-        tridiag = np.load(results / "lanczos" / f"step_{step}" / "tridiag_0.npy")
+        tridiag = np.load(results / "lanczos" / "hessian" / "all" / f"step_{step}" / "tridiag_0.npy")
         assert tridiag.shape == (5, 5)
         np.testing.assert_array_equal(tridiag, tridiag.T)
         assert np.isfinite(tridiag).all()

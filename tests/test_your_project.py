@@ -112,8 +112,8 @@ def exact_hessian(folder: Path) -> np.ndarray:
 
 def test_the_project_gets_densities_summary_and_figures_of_its_own_model(project):
     run = project / "results" / "surface"
-    for relative in ["summary.csv", "manifest.tsv", f"spectrum/step_{STEP}/density.npy",
-                     f"figures/density_step_{STEP}.png", "figures/trajectory.png"]:
+    for relative in ["summary.csv", "manifest.tsv", f"spectrum/hessian/all/step_{STEP}/density.npy",
+                     f"figures/hessian/all/density_step_{STEP}.png", "figures/hessian/all/trajectory.png"]:
         assert (run / relative).is_file(), relative
 
 
@@ -139,7 +139,8 @@ def test_training_lowers_the_users_loss(project):
 
 def test_the_workflows_extreme_eigenvalues_are_the_exact_hessians(project):
     eigenvalues = np.linalg.eigvalsh(exact_hessian(project))
-    stats = json.loads((project / "results" / "surface" / "spectrum" / f"step_{STEP}" / "stats.json").read_text())
+    stats_file = project / "results" / "surface" / "spectrum" / "hessian" / "all" / f"step_{STEP}" / "stats.json"
+    stats = json.loads(stats_file.read_text())
     assert stats["dim"] == eigenvalues.size == 81
     scale = np.abs(eigenvalues).max()
     assert stats["lambda_max"] == pytest.approx(eigenvalues[-1], abs=1e-8 * scale)

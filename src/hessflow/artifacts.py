@@ -41,6 +41,7 @@ __all__ = [
     "read_manifest",
     "save_json",
     "save_npy",
+    "save_npz",
     "save_text",
     "sha256_file",
     "verify_manifest",
@@ -125,6 +126,23 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     with atomic_write(path) as tmp, _naming_write_errors(path):
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
+    return path
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Atomically write ``arrays`` (name -> array) as an uncompressed ``.npz`` to exactly ``path``.
+
+    The same bytes for the same arrays (``numpy.savez`` dates every member 1980-01-01). Object
+    arrays are refused, as by :func:`save_npy`.
+    """
+    path = Path(path)
+    arrays = {name: np.asanyarray(array) for name, array in arrays.items()}
+    for name, array in arrays.items():
+        if array.dtype.hasobject:
+            raise TypeError(f"save_npz({str(path)!r}): {name} is an object array, not a stable artifact format")
+    with atomic_write(path) as tmp, _naming_write_errors(path):
+        with open(tmp, "wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
     return path
 
 

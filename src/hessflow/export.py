@@ -48,7 +48,8 @@ def software_versions() -> str:
     """``software_versions.txt``: Python, platform, hessflow, :data:`KEY_PACKAGES`, then all distributions."""
     lines = [
         "# Software of the environment that exported this run (the export rule's).",
-        "# Each Lanczos job's own TensorFlow/Keras versions and devices are in lanczos/step_*/provenance_*.json.",
+        "# Each Lanczos job's own TensorFlow/Keras versions and devices are in its provenance:",
+        "# lanczos/{operator}/{block}/step_*/provenance_*.json.",
         f"python=={platform.python_version()}",
         f"platform=={platform.platform()}",
         f"hessflow=={hessflow.__version__}",

@@ -225,7 +225,9 @@ class _CurvatureOperator(LinearOperator):
         self._variables = selected
         #: The ``path`` of each variable the operator acts on, in vector order.
         self.variable_paths = [v.path for v in selected]
-        self._kernel_variables = None if variables is None else selected
+        # A block of every variable (the workflow's default block, `.*`) is the whole operator:
+        # the same kernels, so the same bits.
+        self._kernel_variables = None if len(selected) == len(all_variables) else selected
 
         def sizes(variable_list):
             return [int(np.prod(tuple(v.shape), dtype=np.int64)) for v in variable_list]

@@ -30,6 +30,7 @@ import numpy as np
 from hessflow import artifacts
 
 __all__ = [
+    "check_recorded_output",
     "OUTPUTS_SHA256",
     "IntegrityError",
     "array_sha256",
@@ -140,6 +141,28 @@ def load_tridiag(path: str | os.PathLike, provenance: str | os.PathLike, draw: i
     if problems:
         raise IntegrityError(f"{path} (draw {draw}) is refused: {'; '.join(problems)}. Fix: {fix}")
     return tridiag
+
+
+def check_recorded_output(path: str | os.PathLike, provenance: str | os.PathLike, name: str,
+                          draw: int | str) -> None:
+    """Refuse ``path``, the output ``name`` (e.g. ``"vectors"``) of a Lanczos job, unless its sha256
+    is the one the job's ``provenance`` records.
+
+    Raises:
+        IntegrityError: naming the file, the draw and the fix, when the file is missing, changed
+            after its job wrote it, or unrecorded.
+    """
+    path, provenance = Path(path), Path(provenance)
+    fix = (f"delete {path} (and {provenance.name}) to recompute draw {draw}: Snakemake then reruns its "
+           "Lanczos job, which writes both anew")
+    recorded = _read_provenance(provenance, fix).get(OUTPUTS_SHA256, {}).get(name)
+    if not path.is_file():
+        raise IntegrityError(f"{path} (draw {draw}) is missing; {fix}")
+    actual = artifacts.sha256_file(path)
+    if recorded != actual:
+        why = (f"{provenance.name} records no sha256 for it" if recorded is None else
+               f"it changed after its Lanczos job wrote it: sha256 {actual}, but {provenance.name} records {recorded}")
+        raise IntegrityError(f"{path} (draw {draw}) is refused: {why}. Fix: {fix}")
 
 
 def load_tridiags(

@@ -1,4 +1,8 @@
-"""One Lanczos job: one SLQ draw of the Hessian at one checkpoint, on one or many workers.
+"""One Lanczos job: one SLQ draw of a curvature operator at one checkpoint, on one or many workers.
+
+The operator is the Hessian (`hessflow.hvp.HessianOperator`) or the generalized Gauss-Newton
+matrix (`hessflow.hvp.GGNOperator`) of the training objective, of the whole model or of a block
+of its variables (regular expressions over the variables' paths).
 
 The workflow's ``lanczos`` rule runs `run_lanczos_job`; for a multi-worker
 job it starts one process per worker (`launch_workers`: through ``srun``
@@ -22,7 +26,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster", "operator_identity"]
+__all__ = ["OPERATOR_CLASSES", "LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster",
+           "operator_identity"]
+
+#: The config's operator names and the `hessflow.hvp` classes they build.
+OPERATOR_CLASSES = {"hessian": "HessianOperator", "ggn": "GGNOperator"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,11 @@ class LanczosJobSpec:
         model: ``{"factory", "options"}`` as in the config.
         objective: ``{"loss": {"name", "options"}, "weight_decay", "preprocess"}``.
         hessian: ``{"batch_size", "batch_norm", "dtype", "max_examples"}`` as in the config.
+        operator: ``"hessian"`` or ``"ggn"`` (`OPERATOR_CLASSES`).
+        block: the block's name (``hessian.blocks``), for the log and the provenance.
+        variables: the block's regular expressions over the trainable variables' paths
+            (``variables=`` of the operator); None: every variable.
+        probe: the start vector's distribution, ``hessflow.lanczos.PROBES``.
         num_steps, save_every: Lanczos steps, and how often the resumable state is saved.
         run_seed, step, draw: the start vector is seeded by ``(run_seed, step, draw)``.
         strategy, workers: ``hessflow.distribute.STRATEGIES`` and replicas per worker.
@@ -62,6 +75,10 @@ class LanczosJobSpec:
     strategy: str = "default"
     workers: int = 1
     checkpoint_record: str | None = None
+    operator: str = "hessian"
+    block: str = "all"
+    variables: list[str] | None = None
+    probe: str = "gaussian"
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> LanczosJobSpec:
@@ -102,10 +119,16 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     import tensorflow as tf
 
     import hessflow
-    from hessflow import artifacts, checkpoints, data, factories, integrity, objectives
-    from hessflow.hvp import HessianOperator
+    from hessflow import artifacts, checkpoints, data, factories, hvp, integrity, objectives
     from hessflow.lanczos import lanczos
 
+    if spec.operator not in OPERATOR_CLASSES:
+        raise ValueError(f"Lanczos job spec: operator must be one of {sorted(OPERATOR_CLASSES)}, got {spec.operator!r}")
+
+    # TensorFloat-32 (TensorFlow's default for float32 matmuls and convolutions on NVIDIA GPUs since
+    # Ampere) keeps 10 bits of mantissa: ~1e-3 relative per product, where float32's ~1e-7 is what
+    # the operator's accuracy rests on. Off in every Hessian pass; training may keep it.
+    tf.config.experimental.enable_tensor_float_32_execution(False)
     start = time.perf_counter()
     hessian, objective = spec.hessian, spec.objective
     x, y = np.load(spec.images), np.load(spec.labels)
@@ -126,7 +149,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     checksum = checkpoints.weights_checksum(model)
     distribute.check_same_weights(strategy, checksum)
     to_inputs = data.resolve_preprocess(objective["preprocess"], x[:1])
-    operator = HessianOperator(
+    operator = getattr(hvp, OPERATOR_CLASSES[spec.operator])(
         model,
         data.fixed_batches(to_inputs(x, hessian["dtype"]), y, hessian["batch_size"]),
         loss=objectives.make_loss(objective["loss"]["name"], objective["loss"].get("options")),
@@ -134,6 +157,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         batch_norm=hessian["batch_norm"],
         dtype=hessian["dtype"],
         strategy=strategy,
+        variables=spec.variables,
     )
     try:
         loss, gradient = operator.loss_and_gradient()
@@ -143,7 +167,9 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
             "train log and train/history.csv): lower training.learning_rate, or drop the step from spectrum.steps"
         ) from None
     step, draw = spec.step, spec.draw
-    log(f"step {step}, draw {draw}: n = {operator.dim:,} parameters, {operator.num_examples:,} examples in "
+    log(f"step {step}, draw {draw}, {spec.operator} of block {spec.block} ({len(operator.variable_paths)} of "
+        f"{len(model.trainable_variables)} variables): n = {operator.dim:,} parameters, "
+        f"{operator.num_examples:,} examples in "
         f"{operator.num_batches} batches over {operator.num_replicas} replica(s) ({spec.strategy}); "
         f"loss {loss:.6g}, gradient norm {np.linalg.norm(gradient):.6g}")
 
@@ -159,6 +185,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         spec.num_steps,
         seed=seed,
         keep_vectors="vectors" in spec.outputs,
+        probe=spec.probe,
         state_file=state_file,
         save_every=spec.save_every,
         # A saved state resumes only into the same operator; another one starts fresh, logged.
@@ -189,7 +216,14 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "stopped_early": bool(result.stopped_early),
         "resumed_from": result.resumed_from,
         "discarded_state": result.discarded_state,
+        "operator": spec.operator,
+        "block": spec.block,
+        "variables": spec.variables,
+        "variable_paths": operator.variable_paths,
+        "probe": spec.probe,
         "dim": operator.dim,
+        # b_m: with the last row of T's eigenvectors, each Ritz value's a-posteriori error bound.
+        "residual_norm": float(result.residual_norm),
         "num_examples": operator.num_examples,
         "batch_size": hessian["batch_size"],
         "batch_norm": hessian["batch_norm"],
@@ -217,6 +251,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "devices": [device.name for device in tf.config.list_logical_devices()],
+        "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
         "host": platform.node(),
     }
     artifacts.save_json(outputs["provenance"], provenance)
@@ -226,14 +261,18 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
 
 
 def operator_identity(spec: LanczosJobSpec, weights_sha256: str, data_sha256: dict, replicas: int) -> dict:
-    """Everything that defines the Hessian operator of a job: a state saved under another is not resumed.
+    """Everything that defines the curvature operator of a job: a state saved under another is not
+    resumed.
 
-    The checkpoint's weights (sha256 of the loaded variables), the training arrays (their sha256)
-    and ``hessian.max_examples``, every ``hessian.*`` value (batch size, batch-norm mode, compute
-    dtype), the loss, weight decay and preprocessing, the model factory and options, and the
-    distribution (strategy, workers, replicas: they change the summation order of the products).
+    The operator (Hessian or GGN) and its block's variables, the checkpoint's weights (sha256 of
+    the loaded variables), the training arrays (their sha256) and ``hessian.max_examples``, every
+    ``hessian.*`` value (batch size, batch-norm mode, compute dtype), the loss, weight decay and
+    preprocessing, the model factory and options, and the distribution (strategy, workers,
+    replicas: they change the summation order of the products).
     """
     return {
+        "operator": spec.operator,
+        "variables": spec.variables,
         "weights_sha256": weights_sha256,
         "data_sha256": dict(data_sha256),
         "hessian": dict(spec.hessian),

@@ -10,13 +10,20 @@ about where a file is. Pure Python (no numpy, no TensorFlow, no Snakemake)::
         data/{train,test}_{images,labels}.npy, data/dataset.json
         checkpoints/step_{s}.weights.h5      train/history.csv, train/checkpoints.json (their sha256)
         evaluation/step_{s}.json
-        lanczos/step_{s}/tridiag_{d}.npy, provenance_{d}.json, lanczos_vec_{d}.npy (optional)
-        lanczos/step_{s}/.state_{d}.npz      resumable Lanczos state (undeclared; gone when done)
-        spectrum/step_{s}/tridiags.npy, ritz_values.npy, ritz_weights.npy, density.npy, stats.json
-        figures/density_step_{s}.png, figures/trajectory.png
-        summary.csv
+        lanczos/{o}/{b}/step_{s}/tridiag_{d}.npy, provenance_{d}.json, lanczos_vec_{d}.npy (optional)
+        lanczos/{o}/{b}/step_{s}/.state_{d}.npz   resumable Lanczos state (undeclared; gone when done)
+        spectrum/{o}/{b}/step_{s}/tridiags.npy, ritz_values.npy, ritz_weights.npy, density.npy,
+                             stats.json, top_pairs.npz (optional)
+        figures/{o}/{b}/density_step_{s}.png, figures/{o}/{b}/trajectory.png
+        figures/curvatures_step_{s}.png      every curvature of a step side by side (if several)
+        summary.csv                          one row per curvature and step
         logs/..., benchmarks/...             per-job logs and Snakemake benchmarks (not artifacts)
     results/{run_name}.tar.gz                the export archive (beside the run folder)
+
+A *curvature* is an operator ``{o}`` (``hessian`` or ``ggn``, config ``hessian.operator``) on a
+block ``{b}`` of the model's variables (a name of ``hessian.blocks``; the default block ``all`` is
+the whole model): every Lanczos job, spectrum and figure belongs to one (:func:`curvatures`). The
+path methods take ``operator`` and ``block`` last, defaulting to the whole-model Hessian.
 
 Paths are ``/``-joined strings, not :class:`pathlib.Path`, so that Snakemake wildcards pass
 through: ``RunLayout("results/demo").checkpoint("{step}")`` is
@@ -28,13 +35,19 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "BLOCK_NAME_PATTERN",
     "CONFIG_FILE",
+    "DEFAULT_BLOCK",
+    "DEFAULT_OPERATOR",
     "EXPORT_FILE",
     "MANIFEST_FILE",
+    "OPERATORS",
     "RunLayout",
+    "curvatures",
     "lanczos_state_beside",
     "results_root",
 ]
@@ -46,6 +59,14 @@ MANIFEST_FILE = "manifest.tsv"
 #: What an export archive left out on purpose (written by the ``export`` rule, inside the archive).
 EXPORT_FILE = "export.json"
 
+#: The curvature operators (`hessflow.hvp.HessianOperator`, `hessflow.hvp.GGNOperator`).
+OPERATORS = ("hessian", "ggn")
+DEFAULT_OPERATOR = "hessian"
+#: The block of every variable, the default ``hessian.blocks`` (``{"all": [".*"]}``).
+DEFAULT_BLOCK = "all"
+#: What a block name may be (the schema's pattern): a path component with no dot at its start.
+BLOCK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
 _SPECTRUM_FILES = ("tridiags", "ritz_values", "ritz_weights", "density", "stats")
 _STATE_NAME = ".state_{draw}.npz"
 
@@ -53,6 +74,18 @@ _STATE_NAME = ".state_{draw}.npz"
 def results_root(run_name: str) -> str:
     """The run folder of ``run_name``, relative to the working directory: ``results/{run_name}``."""
     return f"results/{run_name}"
+
+
+def curvatures(config: Mapping) -> list[tuple[str, str]]:
+    """The ``(operator, block)`` pairs a run analyses, from a resolved config: each of
+    ``hessian.operator`` (a name or a list of names) on each block of ``hessian.blocks``, in the
+    config's order. A config without these keys (written before they existed) analyses
+    ``[("hessian", "all")]``."""
+    hessian = config.get("hessian", {})
+    operators = hessian.get("operator", DEFAULT_OPERATOR)
+    operators = [operators] if isinstance(operators, str) else list(operators)
+    blocks = list(hessian.get("blocks") or {DEFAULT_BLOCK: None})
+    return [(operator, block) for operator in operators for block in blocks]
 
 
 def lanczos_state_beside(tridiag: str | os.PathLike, draw: int | str) -> str:
@@ -146,38 +179,52 @@ class RunLayout:
         return self.path(f"evaluation/step_{step}.json")
 
     # -- Lanczos -------------------------------------------------------------------------------
-    def lanczos_dir(self, step: int | str) -> str:
-        return self.path(f"lanczos/step_{step}")
+    def lanczos_dir(self, step: int | str, operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK) -> str:
+        return self.path(f"lanczos/{operator}/{block}/step_{step}")
 
-    def tridiag(self, step: int | str, draw: int | str) -> str:
-        return f"{self.lanczos_dir(step)}/tridiag_{draw}.npy"
+    def tridiag(self, step: int | str, draw: int | str, operator: str = DEFAULT_OPERATOR,
+                block: str = DEFAULT_BLOCK) -> str:
+        return f"{self.lanczos_dir(step, operator, block)}/tridiag_{draw}.npy"
 
-    def provenance(self, step: int | str, draw: int | str) -> str:
-        return f"{self.lanczos_dir(step)}/provenance_{draw}.json"
+    def provenance(self, step: int | str, draw: int | str, operator: str = DEFAULT_OPERATOR,
+                   block: str = DEFAULT_BLOCK) -> str:
+        return f"{self.lanczos_dir(step, operator, block)}/provenance_{draw}.json"
 
-    def lanczos_vectors(self, step: int | str, draw: int | str) -> str:
-        return f"{self.lanczos_dir(step)}/lanczos_vec_{draw}.npy"
+    def lanczos_vectors(self, step: int | str, draw: int | str, operator: str = DEFAULT_OPERATOR,
+                        block: str = DEFAULT_BLOCK) -> str:
+        return f"{self.lanczos_dir(step, operator, block)}/lanczos_vec_{draw}.npy"
 
-    def lanczos_files(self, step: int | str, draw: int | str, save_vectors: bool) -> dict[str, str]:
+    def lanczos_files(self, step: int | str, draw: int | str, save_vectors: bool,
+                      operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK) -> dict[str, str]:
         """A Lanczos job's outputs: ``tridiag``, ``provenance`` and, if saved, ``vectors``."""
-        files = {"tridiag": self.tridiag(step, draw), "provenance": self.provenance(step, draw)}
+        where = (step, draw, operator, block)
+        files = {"tridiag": self.tridiag(*where), "provenance": self.provenance(*where)}
         if save_vectors:
-            files["vectors"] = self.lanczos_vectors(step, draw)
+            files["vectors"] = self.lanczos_vectors(*where)
         return files
 
-    def lanczos_state(self, step: int | str, draw: int | str) -> str:
+    def lanczos_state(self, step: int | str, draw: int | str, operator: str = DEFAULT_OPERATOR,
+                      block: str = DEFAULT_BLOCK) -> str:
         """The resumable state of a draw (the same file as :func:`lanczos_state_beside`)."""
-        return lanczos_state_beside(self.tridiag(step, draw), draw)
+        return lanczos_state_beside(self.tridiag(step, draw, operator, block), draw)
 
     # -- spectrum, summary, figures ------------------------------------------------------------
-    def spectrum_files(self, step: int | str) -> dict[str, str]:
+    def spectrum_files(self, step: int | str, operator: str = DEFAULT_OPERATOR,
+                       block: str = DEFAULT_BLOCK) -> dict[str, str]:
         """``tridiags``, ``ritz_values``, ``ritz_weights``, ``density`` (.npy) and ``stats`` (.json)."""
-        base = self.path(f"spectrum/step_{step}")
+        base = self.path(f"spectrum/{operator}/{block}/step_{step}")
         return {name: f"{base}/{name}.{'json' if name == 'stats' else 'npy'}" for name in _SPECTRUM_FILES}
 
-    def density_figure(self, step: int | str) -> str:
-        return self.path(f"figures/density_step_{step}.png")
+    def top_pairs(self, step: int | str, operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK) -> str:
+        """The top Ritz pairs of every draw of a step (``spectrum.top_k``), an ``.npz`` file."""
+        return self.path(f"spectrum/{operator}/{block}/step_{step}/top_pairs.npz")
 
-    @property
-    def trajectory_figure(self) -> str:
-        return self.path("figures/trajectory.png")
+    def density_figure(self, step: int | str, operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK) -> str:
+        return self.path(f"figures/{operator}/{block}/density_step_{step}.png")
+
+    def trajectory_figure(self, operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK) -> str:
+        return self.path(f"figures/{operator}/{block}/trajectory.png")
+
+    def curvatures_figure(self, step: int | str) -> str:
+        """Every curvature's density at ``step`` side by side (made when a run has several)."""
+        return self.path(f"figures/curvatures_step_{step}.png")

@@ -15,9 +15,12 @@ ran one draw per job (``num_draws = 1``): one folder per draw holding ``tridiag_
 (draws, m, m) array hessflow's ``tridiags.npy`` holds (which is also the ``[num_draws, order,
 order]`` ``tridiag_list`` the paper's ``density.tridiag_to_density`` takes), and n from the Lanczos
 vectors. :func:`render_paper_draws` makes a density, statistics and a figure of them with the
-same functions as the workflow. Command line::
+same functions as the workflow. The paper code's operator was the whole model's Hessian (hessflow's
+default curvature ``hessian`` on block ``all``); ``operator`` and ``block`` name another one in the
+figure's title (e.g. a Gauss-Newton run of a modified paper code). Command line::
 
     python -m hessflow.papercode run_dir/draw_0 run_dir/draw_1 ... --out imported/ [--dim N]
+        [--operator {hessian,ggn}] [--block NAME]
 
 Imports numpy, scipy, pandas and matplotlib only: never TensorFlow.
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hessflow import artifacts
+from hessflow.layout import DEFAULT_BLOCK, DEFAULT_OPERATOR, OPERATORS
 from hessflow.plots import save_figure
 from hessflow.reproduce import FIGURE_DPI, aggregate, density_and_stats, density_step_figure
 
@@ -135,11 +139,15 @@ def render_paper_draws(
     density_config: Mapping = PAPER_DENSITY,
     dim: int | None = None,
     title_step: int = 0,
+    *,
+    operator: str = DEFAULT_OPERATOR,
+    block: str = DEFAULT_BLOCK,
 ) -> list[Path]:
     """Write ``tridiags.npy``, ``ritz_values.npy``, ``ritz_weights.npy``, ``density.npy``,
     ``stats.json`` and ``density.png`` of imported draws into ``out``, as the workflow does for
-    one checkpoint. ``dim`` overrides the n read from the Lanczos vectors (one of them is needed
-    for the trace)."""
+    one checkpoint and curvature (``operator`` on ``block``, the figure's title; default the
+    whole model's Hessian, as the paper code computed). ``dim`` overrides the n read from the
+    Lanczos vectors (one of them is needed for the trace)."""
     dim = dim if dim is not None else draws.dim
     if dim is None:
         raise ValueError("the dimension n is unknown: no lanczos_vec_<k> file was found; give dim")
@@ -154,7 +162,8 @@ def render_paper_draws(
         artifacts.save_npy(out / "density.npy", density),
         artifacts.save_json(out / "stats.json", stats),
     ]
-    written.append(save_figure(density_step_figure(density, stats, title_step), out / "density.png", dpi=FIGURE_DPI))
+    figure = density_step_figure(density, stats, title_step, operator, block)
+    written.append(save_figure(figure, out / "density.png", dpi=FIGURE_DPI))
     return written
 
 
@@ -170,12 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--dim", type=int, help="the dimension n, when no lanczos_vec_<k> file is at hand")
     parser.add_argument("--step", type=int, default=0, help="checkpoint step, for the figure's title")
+    parser.add_argument("--operator", choices=OPERATORS, default=DEFAULT_OPERATOR,
+                        help="the curvature operator the files hold, for the figure's title (default: hessian)")
+    parser.add_argument("--block", default=DEFAULT_BLOCK,
+                        help="the block of variables the files are of, for the figure's title (default: all)")
     for key, value in PAPER_DENSITY.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     draws = load_paper_draws(args.paths)
     config = {key: getattr(args, key) for key in PAPER_DENSITY}
-    for path in render_paper_draws(draws, args.out, config, dim=args.dim, title_step=args.step):
+    for path in render_paper_draws(draws, args.out, config, dim=args.dim, title_step=args.step,
+                                   operator=args.operator, block=args.block):
         print(path)
     return 0
 

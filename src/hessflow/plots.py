@@ -1,4 +1,5 @@
-"""Figures of Hessian eigenvalue densities, for one checkpoint and along training.
+"""Figures of curvature eigenvalue densities: one checkpoint, along training, and several
+curvatures (operators and blocks) of one checkpoint side by side.
 
 The style follows Ghorbani, Krishnan & Xiao (ICML 2019): the density is drawn
 on a **logarithmic** y axis against the eigenvalue, because the interesting
@@ -35,7 +36,9 @@ from hessflow.artifacts import atomic_write
 
 __all__ = [
     "DEFAULT_DENSITY_FLOOR",
+    "OPERATOR_NAMES",
     "SUMMARY_COLUMNS",
+    "curvatures_figure",
     "density_figure",
     "save_figure",
     "trajectory_figure",
@@ -53,9 +56,16 @@ EIGENVALUE_LABEL = "eigenvalue λ"
 DENSITY_LABEL = "density (log scale)"
 STEP_LABEL = "training step"
 
+#: How figures name each curvature operator (``hessian.operator`` in the config).
+OPERATOR_NAMES = {"hessian": "Hessian", "ggn": "Gauss-Newton"}
+# How the curvatures figure draws each operator's density: Hessian solid, GGN dashed.
+_OPERATOR_STYLES = {"hessian": {"color": "C0", "linestyle": "-"}, "ggn": {"color": "C1", "linestyle": "--"}}
+
 # Sizes in inches; multiplied by the dpi of save_figure they give whole pixels.
 _DENSITY_FIGSIZE = (6.4, 4.0)
 _TRAJECTORY_FIGSIZE = (12.8, 6.0)
+_CURVATURES_PANEL_SIZE = (4.0, 4.0)  # one block's panel
+_CURVATURES_LEGEND_WIDTH = 1.6  # the legend, right of the panels
 
 _STEP_COLORMAP = "viridis"
 
@@ -123,6 +133,7 @@ def trajectory_figure(
     densities: Sequence[tuple[int, np.ndarray, np.ndarray]],
     summary: pd.DataFrame,
     *,
+    title: str = TRAJECTORY_TITLE,
     floor: float = DEFAULT_DENSITY_FLOOR,
 ) -> Figure:
     """Densities and summary statistics of every checkpoint of a training run.
@@ -136,6 +147,7 @@ def trajectory_figure(
             ``negative_mass``; as in the run's ``summary.csv``). An optional ``test_accuracy``
             column is drawn on a twin axis of the negative-mass panel; other columns (e.g.
             ``train_loss``, ``test_loss``) are ignored.
+        title: the figure's title (default ``"Hessian spectrum along training"``).
         floor: float, the smallest density drawn, > 0 (see :func:`density_figure`).
 
     Returns:
@@ -163,7 +175,61 @@ def trajectory_figure(
     _draw_density_overlay(density_ax, curves, floor)
     _draw_extreme_eigenvalues(eigenvalue_ax, summary)
     _draw_negative_mass(negative_mass_ax, summary)
-    fig.suptitle(TRAJECTORY_TITLE)
+    fig.suptitle(title)
+    return fig
+
+
+def curvatures_figure(
+    step: int,
+    curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]],
+    *,
+    floor: float = DEFAULT_DENSITY_FLOOR,
+) -> Figure:
+    """Every curvature's eigenvalue density at one checkpoint: one panel per block.
+
+    Args:
+        step: int, the training step of the checkpoint (the figure's title, ``"step {step}"``).
+        curves: a sequence of ``(operator, block, grid, density)``, one per curvature: the
+            operator (a key of :data:`OPERATOR_NAMES`: ``"hessian"`` or ``"ggn"``), the block's
+            name (str), the grid, shape (G_i,), increasing (eigenvalue units), and the density on
+            it, shape (G_i,) (1 / eigenvalue units; below ``floor`` drawn at ``floor``). Grids
+            may differ between curvatures. Each (operator, block) at most once.
+        floor: float, the smallest density drawn, > 0 (see :func:`density_figure`).
+
+    Returns:
+        a ``matplotlib.figure.Figure`` with one Axes per block, side by side in the order the
+        blocks first appear in ``curves``, each labelled and titled with the block's name. The
+        panels share a log y axis; each spans its own curves' grids on x. In each panel, one
+        line per operator (gid: the operator; Hessian solid, Gauss-Newton dashed, one colour
+        each) and a vertical line at λ = 0 (gid ``"zero"``). One figure legend, right of the
+        panels, names the operators.
+    """
+    checked = _check_curvature_curves(curves)
+    _check_floor(floor)
+    blocks = list(dict.fromkeys(block for _, block, _, _ in checked))
+    width, height = _CURVATURES_PANEL_SIZE
+    fig = Figure(figsize=(width * len(blocks) + _CURVATURES_LEGEND_WIDTH, height), layout="constrained")
+    panels = fig.subplots(1, len(blocks), sharey=True, squeeze=False)[0]
+    legend = {}
+    for ax, block in zip(panels, blocks):
+        ax.set_label(block)
+        ax.set_yscale("log")
+        ax.axvline(0.0, color="0.5", linestyle=":", linewidth=0.8, gid="zero")
+        block_curves = [curve for curve in checked if curve[1] == block]
+        for operator, _, grid, density in block_curves:
+            (line,) = ax.plot(grid, np.maximum(density, floor), linewidth=1.2, gid=operator,
+                              label=OPERATOR_NAMES[operator], **_OPERATOR_STYLES[operator])
+            legend.setdefault(operator, line)
+        # Its own x range: the union of its curves' grids (set last: axvline may widen it).
+        ax.set_xlim(min(grid[0] for _, _, grid, _ in block_curves), max(grid[-1] for _, _, grid, _ in block_curves))
+        ax.set_title(block)
+        ax.set_xlabel(EIGENVALUE_LABEL)
+    panels[0].set_ylim(bottom=floor)
+    panels[0].set_ylabel(DENSITY_LABEL)
+    ordered = [operator for operator in OPERATOR_NAMES if operator in legend]
+    fig.legend([legend[operator] for operator in ordered], [OPERATOR_NAMES[operator] for operator in ordered],
+               loc="outside right upper", fontsize="small")
+    fig.suptitle(f"step {step}")
     return fig
 
 
@@ -341,6 +407,22 @@ def _check_trajectory_densities(densities) -> list[tuple[int, np.ndarray, np.nda
     if not curves:
         raise ValueError("densities is empty: need at least one (step, grid, density)")
     return sorted(curves, key=lambda curve: curve[0])
+
+
+def _check_curvature_curves(curves) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """``curves`` as a non-empty list of checked (operator, block, grid, density), each pair once."""
+    checked, seen = [], set()
+    for operator, block, grid, density in curves:
+        if operator not in OPERATOR_NAMES:
+            raise ValueError(f"curves: unknown operator {operator!r}; use one of {sorted(OPERATOR_NAMES)}")
+        if (operator, block) in seen:
+            raise ValueError(f"curves: the curvature ({operator!r}, {block!r}) is given twice; give each once")
+        seen.add((operator, block))
+        checked.append((operator, str(block),
+                        *_check_density_curve(grid, density, f"density of {operator} on block {block}")))
+    if not checked:
+        raise ValueError("curves is empty: need at least one (operator, block, grid, density)")
+    return checked
 
 
 def _check_summary(summary: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,8 @@
 Everything after the Lanczos jobs -- aggregation, densities, statistics, the summary table and the
 figures -- is a function of the per-draw tridiagonals and three small JSON files: the provenance
 of draw 0 (the operator's dimension, the loss and gradient norm at the checkpoint), the
-evaluation (accuracies) and the run's resolved config (density parameters, steps, draws). This
+evaluation (accuracies) and the run's resolved config (density parameters, steps, draws, and the
+curvatures: operators and blocks, :func:`hessflow.layout.curvatures`). This
 module holds that function. The workflow's rules (``scripts/aggregate.py``, ``density.py``,
 ``summarize.py``, ``render_*.py``) call the same functions, so a rebuild and the workflow cannot
 drift apart.
@@ -17,10 +18,11 @@ Command line (also installed as ``hessflow-reproduce``)::
    named, and nothing is rebuilt: the command exits 1 listing the problems. A file the export
    left out on purpose (listed in the archive's ``export.json``) is reported as not shipped; the
    rebuild does not need it.
-2. Rebuilds, into ``--out`` (default ``reproduced/{run_name}``): ``spectrum/step_{s}/``
-   (``tridiags.npy``, ``ritz_values.npy``, ``ritz_weights.npy``, ``density.npy``,
-   ``stats.json``), ``summary.csv`` and ``figures/`` (``density_step_{s}.png``,
-   ``trajectory.png``).
+2. Rebuilds, into ``--out`` (default ``reproduced/{run_name}``), for every curvature (operator
+   ``{o}``, block ``{b}``) and step: ``spectrum/{o}/{b}/step_{s}/`` (``tridiags.npy``,
+   ``ritz_values.npy``, ``ritz_weights.npy``, ``density.npy``, ``stats.json``) and
+   ``figures/{o}/{b}/`` (``density_step_{s}.png``, ``trajectory.png``); ``summary.csv``; and,
+   when the run has several curvatures, ``figures/curvatures_step_{s}.png``.
 3. Compares every rebuilt file with the manifest's sha256 and says which are identical; with
    ``--strict`` a difference exits 3.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import math
 import os
@@ -47,8 +50,16 @@ import pandas as pd
 
 from hessflow import artifacts, integrity
 from hessflow.density import density_from_ritz, ritz, summarize
-from hessflow.layout import CONFIG_FILE, EXPORT_FILE, MANIFEST_FILE, RunLayout
-from hessflow.plots import density_figure, save_figure, trajectory_figure
+from hessflow.layout import (
+    CONFIG_FILE,
+    DEFAULT_BLOCK,
+    DEFAULT_OPERATOR,
+    EXPORT_FILE,
+    MANIFEST_FILE,
+    RunLayout,
+    curvatures,
+)
+from hessflow.plots import OPERATOR_NAMES, curvatures_figure, density_figure, save_figure, trajectory_figure
 from hessflow.sanity import diverged
 
 __all__ = [
@@ -59,6 +70,7 @@ __all__ = [
     "Verification",
     "aggregate",
     "analysed_steps",
+    "curvatures_run_figure",
     "density_and_stats",
     "density_step_figure",
     "extract_archive",
@@ -148,10 +160,13 @@ def density_and_stats(
     return np.stack([grid, density]), stats
 
 
-def summary_row(step: int, stats: Mapping, evaluation: Mapping, provenance: Mapping) -> dict:
-    """One row of ``summary.csv``: the spectrum statistics, loss and gradient, accuracies
-    (NaN where the task is not classification)."""
+def summary_row(step: int, stats: Mapping, evaluation: Mapping, provenance: Mapping,
+                operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK) -> dict:
+    """One row of ``summary.csv``: the curvature (``operator``, ``block``) and step, the spectrum
+    statistics, loss and gradient, accuracies (NaN where the task is not classification)."""
     return {
+        "operator": operator,
+        "block": block,
         "step": step,
         **{key: stats[key] for key in SUMMARY_SPECTRUM_COLUMNS},
         "num_draws": stats["num_draws"],
@@ -167,35 +182,75 @@ def summary_row(step: int, stats: Mapping, evaluation: Mapping, provenance: Mapp
 
 
 def summary_table(rows: Sequence[Mapping]) -> pd.DataFrame:
-    """The rows of :func:`summary_row` (in step order) as the ``summary.csv`` table
-    (``to_csv(index=False)``), with a last column ``diverged``.
+    """The rows of :func:`summary_row` as the ``summary.csv`` table (``to_csv(index=False)``),
+    with a last column ``diverged``.
+
+    Rows are ordered by curvature, in the order the curvatures first appear in ``rows`` (the
+    config's, as the workflow and :func:`rebuild` pass them), then by step ascending.
 
     ``diverged`` (bool) flags a checkpoint whose train loss is not finite or above
-    :data:`hessflow.sanity.DIVERGENCE_FACTOR` (10) times the train loss of the first row (the
+    :data:`hessflow.sanity.DIVERGENCE_FACTOR` (10) times the train loss of the smallest step (the
     initialization, step 0, unless ``spectrum.steps`` leaves it out): its spectrum describes a
     diverged model (:func:`hessflow.sanity.diverged`, the rule of the train log's warning too).
     """
     table = pd.DataFrame(list(rows))
-    if len(table):
-        start = table["train_loss"].iloc[0]
-        table["diverged"] = [diverged([loss], start=start) for loss in table["train_loss"]]
+    if not len(table):
+        return table
+    curvature = list(zip(table["operator"], table["block"]))
+    order = {pair: index for index, pair in enumerate(dict.fromkeys(curvature))}
+    table = (table.assign(_curvature=[order[pair] for pair in curvature])
+             .sort_values(["_curvature", "step"], kind="stable")
+             .drop(columns="_curvature")
+             .reset_index(drop=True))
+    start = table["train_loss"].iloc[int(np.argmin(table["step"].to_numpy()))]
+    table["diverged"] = [diverged([loss], start=start) for loss in table["train_loss"]]
     return table
 
 
-def density_step_figure(density_array: np.ndarray, stats: Mapping, step: int):
-    """The figure ``figures/density_step_{step}.png`` from ``density.npy`` and ``stats.json``."""
+def _curvature_title(operator: str, block: str, what: str, step: int | None = None) -> str:
+    """A figure title naming the operator and, unless it is the whole model, the block:
+    ``"Hessian eigenvalue density, step 20"``, ``"Gauss-Newton spectrum along training, block conv"``."""
+    if operator not in OPERATOR_NAMES:
+        raise ValueError(f"operator: unknown {operator!r}; use one of {sorted(OPERATOR_NAMES)} (hessian.operator)")
+    parts = [f"{OPERATOR_NAMES[operator]} {what}"]
+    parts += [] if block == DEFAULT_BLOCK else [f"block {block}"]
+    parts += [] if step is None else [f"step {step}"]
+    return ", ".join(parts)
+
+
+def density_step_figure(density_array: np.ndarray, stats: Mapping, step: int,
+                        operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK):
+    """The figure ``figures/{operator}/{block}/density_step_{step}.png`` from ``density.npy`` and
+    ``stats.json``; its title names the operator and, unless it is ``all``, the block."""
     grid, density = density_array
-    return density_figure(grid, density, title=f"Hessian eigenvalue density, step {step}", stats=stats)
+    title = _curvature_title(operator, block, "eigenvalue density", step)
+    return density_figure(grid, density, title=title, stats=stats)
 
 
-def trajectory_run_figure(steps: Sequence[int], density_arrays: Sequence[np.ndarray], summary_csv: str | os.PathLike):
-    """The figure ``figures/trajectory.png``: every step's density, and the summary over training.
+def trajectory_run_figure(steps: Sequence[int], density_arrays: Sequence[np.ndarray], summary_csv: str | os.PathLike,
+                          operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK):
+    """The figure ``figures/{operator}/{block}/trajectory.png``: every step's density of that
+    curvature, and its rows of the summary over training.
 
     ``summary_csv`` is read back from its file, as the render rule does, so that both parse the
-    same text.
+    same text; its rows of other curvatures are left out.
     """
     densities = [(step, *array) for step, array in zip(steps, density_arrays)]
-    return trajectory_figure(densities, pd.read_csv(summary_csv))
+    # Operator and block as written (a block may be named "NA" or "01"); empty fields are NaN.
+    summary = pd.read_csv(summary_csv, dtype={"operator": str, "block": str}, keep_default_na=False, na_values=[""])
+    summary = summary[(summary["operator"] == operator) & (summary["block"] == block)]
+    if not len(summary):
+        raise ValueError(f"{summary_csv} has no row of operator {operator!r} on block {block!r}")
+    return trajectory_figure(densities, summary, title=_curvature_title(operator, block, "spectrum along training"))
+
+
+def curvatures_run_figure(step: int, densities: Sequence[tuple[tuple[str, str], np.ndarray]]):
+    """The figure ``figures/curvatures_step_{step}.png``: every curvature's density at ``step``.
+
+    ``densities``: ``((operator, block), density.npy)`` per curvature, in the config's order
+    (:func:`hessflow.layout.curvatures`).
+    """
+    return curvatures_figure(step, [(operator, block, *array) for (operator, block), array in densities])
 
 
 def analysed_steps(config: Mapping) -> list[int]:
@@ -207,24 +262,38 @@ def analysed_steps(config: Mapping) -> list[int]:
 # ------------------------------------------------------------------------------------------------
 # a run folder: what the rebuild reads, verification, rebuild
 # ------------------------------------------------------------------------------------------------
+def _draws(config: Mapping) -> range:
+    return range(config["lanczos"]["draws"])
+
+
 def required_inputs(config: Mapping) -> list[str]:
-    """Paths (relative to the run folder) a rebuild reads; each must be listed in the manifest."""
+    """Paths (relative to the run folder) a rebuild reads; each must be listed in the manifest:
+    the config, then for each curvature and step every draw's tridiagonal and provenance (the
+    sha256 each tridiagonal is verified against), then each step's evaluation."""
+    steps = analysed_steps(config)
     paths = [CONFIG_FILE]
-    for step in analysed_steps(config):
-        paths += [RELATIVE.tridiag(step, draw) for draw in range(config["lanczos"]["draws"])]
-        # Every draw's provenance: the sha256 each tridiagonal is verified against.
-        paths += [RELATIVE.provenance(step, draw) for draw in range(config["lanczos"]["draws"])]
-        paths.append(RELATIVE.evaluation(step))
-    return paths
+    for operator, block in curvatures(config):
+        for step in steps:
+            paths += [RELATIVE.tridiag(step, draw, operator, block) for draw in _draws(config)]
+            paths += [RELATIVE.provenance(step, draw, operator, block) for draw in _draws(config)]
+    return paths + [RELATIVE.evaluation(step) for step in steps]
 
 
 def rebuilt_outputs(config: Mapping) -> list[str]:
-    """Paths (relative to the run folder) a rebuild writes."""
+    """Paths (relative to the run folder) a rebuild writes, in the order it writes them: for each
+    curvature, each step's spectrum files and density figure; the summary; each curvature's
+    trajectory figure; with several curvatures, each step's curvatures figure."""
+    steps, pairs = analysed_steps(config), curvatures(config)
     paths = []
-    for step in analysed_steps(config):
-        paths += RELATIVE.spectrum_files(step).values()
-        paths.append(RELATIVE.density_figure(step))
-    return paths + [RELATIVE.summary, RELATIVE.trajectory_figure]
+    for operator, block in pairs:
+        for step in steps:
+            paths += RELATIVE.spectrum_files(step, operator, block).values()
+            paths.append(RELATIVE.density_figure(step, operator, block))
+    paths.append(RELATIVE.summary)
+    paths += [RELATIVE.trajectory_figure(operator, block) for operator, block in pairs]
+    if len(pairs) > 1:
+        paths += [RELATIVE.curvatures_figure(step) for step in steps]
+    return paths
 
 
 @dataclass
@@ -284,9 +353,9 @@ def verify_run(root: str | os.PathLike) -> Verification:
             result.problems.append(f"not shipped: {path} (needed to rebuild)")
     # Each tridiagonal against its Lanczos job's own record too (hessflow.integrity): a manifest
     # rewritten after a tridiagonal changed cannot certify it.
-    for step in analysed_steps(config):
-        for draw in range(config["lanczos"]["draws"]):
-            paths = (RELATIVE.tridiag(step, draw), RELATIVE.provenance(step, draw))
+    for operator, block in curvatures(config):
+        for step, draw in itertools.product(analysed_steps(config), _draws(config)):
+            paths = (RELATIVE.tridiag(step, draw, operator, block), RELATIVE.provenance(step, draw, operator, block))
             if any(_names(problem, path) for problem in result.problems for path in paths):
                 continue  # already named
             try:
@@ -315,28 +384,46 @@ def rebuild(root: str | os.PathLike, out: str | os.PathLike, config: Mapping) ->
     paths written (:func:`rebuilt_outputs`).
     """
     source, target = RunLayout(Path(root).as_posix()), RunLayout(Path(out).as_posix())
-    steps = analysed_steps(config)
-    draws = range(config["lanczos"]["draws"])
-    rows, density_arrays = [], []
-    for step in steps:
-        files = target.spectrum_files(step)
-        Path(files["tridiags"]).parent.mkdir(parents=True, exist_ok=True)
-        stacked, values, weights = aggregate(integrity.load_tridiags(
-            [source.tridiag(step, draw) for draw in draws], [source.provenance(step, draw) for draw in draws]))
-        artifacts.save_npy(files["tridiags"], stacked)
-        artifacts.save_npy(files["ritz_values"], values)
-        artifacts.save_npy(files["ritz_weights"], weights)
-        provenance = _load_json(Path(source.provenance(step, 0)))
-        density_array, stats = density_and_stats(values, weights, provenance["dim"], config["density"])
-        artifacts.save_npy(files["density"], density_array)
-        artifacts.save_json(files["stats"], stats)
-        Path(target.density_figure(step)).parent.mkdir(parents=True, exist_ok=True)
-        save_figure(density_step_figure(density_array, stats, step), target.density_figure(step), dpi=FIGURE_DPI)
-        rows.append(summary_row(step, stats, _load_json(Path(source.evaluation(step))), provenance))
-        density_arrays.append(density_array)
+    steps, pairs = analysed_steps(config), curvatures(config)
+    rows, density_arrays = [], {}
+    for (operator, block), step in itertools.product(pairs, steps):
+        density_arrays[operator, block, step], row = _rebuild_spectrum(source, target, config, step, operator, block)
+        rows.append(row)
+    Path(target.summary).parent.mkdir(parents=True, exist_ok=True)
     artifacts.save_text(target.summary, summary_table(rows).to_csv(index=False))
-    save_figure(trajectory_run_figure(steps, density_arrays, target.summary), target.trajectory_figure, dpi=FIGURE_DPI)
+    for operator, block in pairs:
+        figure = trajectory_run_figure(steps, [density_arrays[operator, block, step] for step in steps],
+                                       target.summary, operator, block)
+        save_figure(figure, target.trajectory_figure(operator, block), dpi=FIGURE_DPI)
+    if len(pairs) > 1:
+        for step in steps:
+            figure = curvatures_run_figure(step, [(pair, density_arrays[(*pair, step)]) for pair in pairs])
+            save_figure(figure, target.curvatures_figure(step), dpi=FIGURE_DPI)
     return rebuilt_outputs(config)
+
+
+def _rebuild_spectrum(source: RunLayout, target: RunLayout, config: Mapping, step: int, operator: str,
+                      block: str) -> tuple[np.ndarray, dict]:
+    """One curvature's spectrum files and density figure at ``step``, written into ``target``;
+    returns ``(density.npy, summary row)``."""
+    draws = _draws(config)
+    files = target.spectrum_files(step, operator, block)
+    Path(files["tridiags"]).parent.mkdir(parents=True, exist_ok=True)
+    stacked, values, weights = aggregate(integrity.load_tridiags(
+        [source.tridiag(step, draw, operator, block) for draw in draws],
+        [source.provenance(step, draw, operator, block) for draw in draws]))
+    artifacts.save_npy(files["tridiags"], stacked)
+    artifacts.save_npy(files["ritz_values"], values)
+    artifacts.save_npy(files["ritz_weights"], weights)
+    provenance = _load_json(Path(source.provenance(step, 0, operator, block)))
+    density_array, stats = density_and_stats(values, weights, provenance["dim"], config["density"])
+    artifacts.save_npy(files["density"], density_array)
+    artifacts.save_json(files["stats"], stats)
+    figure_path = target.density_figure(step, operator, block)
+    Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
+    save_figure(density_step_figure(density_array, stats, step, operator, block), figure_path, dpi=FIGURE_DPI)
+    row = summary_row(step, stats, _load_json(Path(source.evaluation(step))), provenance, operator, block)
+    return density_array, row
 
 
 def compare_with_manifest(

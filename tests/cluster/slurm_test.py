@@ -296,7 +296,7 @@ def write_config(path: Path, smoke: bool) -> dict:
 def expected_targets(config: dict, smoke: bool) -> list[str]:
     base = f"results/{config['run_name']}"
     if smoke:
-        return [f"{base}/lanczos/step_20/tridiag_0.npy"]
+        return [f"{base}/lanczos/hessian/all/step_20/tridiag_0.npy"]
     return []  # the workflow's default target: everything
 
 

@@ -10,9 +10,6 @@ from snakemake.logging import logger
 # the Lanczos job and hessflow-reproduce); imported from this checkout, as the scripts do.
 sys.path.insert(0, workflow.current_basedir.join("../../src").get_path_or_uri(secret_free=True))
 import hessflow
-from hessflow.factories import DATA_ALIASES, MODEL_ALIASES, check_importable
-from hessflow.layout import RunLayout
-from hessflow.sanity import check_finite, config_warnings
 
 # The package the jobs import must be the one this workflow was written for: the artifacts'
 # formats and the config keys belong to one version. From a checkout both are the checkout's;
@@ -26,6 +23,11 @@ if WORKFLOW_VERSION != hessflow.__version__:
         f"pip install 'hessflow[workflow]=={WORKFLOW_VERSION}' (or pip install -e '.[workflow]' in a "
         f"checkout of v{WORKFLOW_VERSION}), or point the module at the workflow of v{hessflow.__version__}"
     )
+
+# After the version check: another version may lack a name imported here.
+from hessflow.factories import DATA_ALIASES, MODEL_ALIASES, check_importable
+from hessflow.layout import RunLayout, curvatures
+from hessflow.sanity import check_finite, config_warnings
 
 # Numbers the schema lets through but that mean nothing: YAML's .inf, -.inf and .nan are floats,
 # and a NaN passes every minimum and maximum. Refused here, before any job runs.
@@ -45,6 +47,22 @@ TRAIN_STEPS = sorted(config["training"]["checkpoint_steps"])
 STEPS = sorted(config["spectrum"]["steps"] if config["spectrum"]["steps"] is not None else TRAIN_STEPS)
 DRAWS = list(range(config["lanczos"]["draws"]))
 SAVE_VECTORS = config["lanczos"]["save_vectors"]
+# The curvatures analysed: each operator (hessian.operator) on each block of variables
+# (hessian.blocks, name -> regular expressions); one Lanczos job per step, curvature and draw.
+CURVATURES = curvatures(config)
+BLOCKS = config["hessian"]["blocks"]
+TOP_K = config["spectrum"]["top_k"]
+
+if TOP_K and not SAVE_VECTORS:
+    raise ValueError(
+        "config spectrum.top_k: the top Ritz vectors are combinations of the Lanczos vectors; set "
+        "lanczos.save_vectors: true, or spectrum.top_k: 0"
+    )
+if TOP_K > config["lanczos"]["steps"]:
+    raise ValueError(
+        f"config spectrum.top_k: {TOP_K} Ritz pairs of {config['lanczos']['steps']} Lanczos steps "
+        f"(lanczos.steps) do not exist; lower spectrum.top_k or raise lanczos.steps"
+    )
 
 if TRAIN_STEPS[-1] > config["training"]["steps"]:
     raise ValueError(
@@ -78,6 +96,8 @@ if config["lanczos"]["strategy"] == "default" and config["lanczos"]["workers"] !
 wildcard_constraints:
     step=r"\d+",
     draw=r"\d+",
+    operator="|".join(sorted({operator for operator, _ in CURVATURES})),
+    block="|".join(sorted(BLOCKS)),  # names of the schema's pattern: no regex metacharacters
 
 
 def checkpoint_file(step):
@@ -106,12 +126,25 @@ def uses_cifar10():
     return config["data"]["factory"] in ("cifar10", "hessflow.data:cifar10")
 
 
-def spectrum_files(step):
-    return LAYOUT.spectrum_files(step)
+def spectrum_files(step, operator="{operator}", block="{block}"):
+    """A spectrum's files (one step and curvature); wildcards by default."""
+    return LAYOUT.spectrum_files(step, operator, block)
 
 
-def lanczos_files(step, draw):
-    return LAYOUT.lanczos_files(step, draw, SAVE_VECTORS)
+def lanczos_files(step, draw, operator="{operator}", block="{block}"):
+    """A Lanczos job's outputs; wildcards by default."""
+    return LAYOUT.lanczos_files(step, draw, SAVE_VECTORS, operator, block)
+
+
+def curvature_name(operator, block):
+    """``{operator}/{block}``: where a curvature's files and logs go."""
+    return f"{operator}/{block}"
+
+
+def hessian_params():
+    """What defines the operators besides the operator and the block (``hessian.*`` less
+    ``operator`` and ``blocks``): adding an operator or a block reruns no existing job."""
+    return {key: value for key, value in config["hessian"].items() if key not in ("operator", "blocks")}
 
 
 def run_config_file():
@@ -144,12 +177,18 @@ def artifacts():
     files = [*data_files("train").values(), *data_files("test").values(), LAYOUT.dataset_card]
     files += [checkpoint_file(step) for step in TRAIN_STEPS] + [LAYOUT.history, LAYOUT.checkpoint_record]
     files += [LAYOUT.evaluation(step) for step in TRAIN_STEPS]
-    for step in STEPS:
-        for draw in DRAWS:
-            files += lanczos_files(step, draw).values()
-        files += spectrum_files(step).values()
-        files.append(LAYOUT.density_figure(step))
-    files += [LAYOUT.summary, LAYOUT.trajectory_figure, run_config_file()]
+    for operator, block in CURVATURES:
+        for step in STEPS:
+            for draw in DRAWS:
+                files += lanczos_files(step, draw, operator, block).values()
+            files += spectrum_files(step, operator, block).values()
+            if TOP_K:
+                files.append(LAYOUT.top_pairs(step, operator, block))
+            files.append(LAYOUT.density_figure(step, operator, block))
+        files.append(LAYOUT.trajectory_figure(operator, block))
+    if len(CURVATURES) > 1:
+        files += [LAYOUT.curvatures_figure(step) for step in STEPS]
+    files += [LAYOUT.summary, run_config_file()]
     return files
 
 
@@ -161,7 +200,12 @@ def exported_artifacts():
     if not config["export"]["checkpoints"]:
         left_out |= {checkpoint_file(step) for step in TRAIN_STEPS}
     if not config["export"]["lanczos_vectors"]:
-        left_out |= {lanczos_files(step, draw).get("vectors") for step in STEPS for draw in DRAWS}
+        left_out |= {
+            lanczos_files(step, draw, operator, block).get("vectors")
+            for operator, block in CURVATURES
+            for step in STEPS
+            for draw in DRAWS
+        }
     return [path for path in artifacts() if path not in left_out]
 
 

@@ -1,34 +1,60 @@
+# Per checkpoint step and curvature ({operator}/{block}): the draws aggregated, the density and
+# its statistics; then the run's summary, one row per curvature and step.
+
+
 rule aggregate:
     input:
-        tridiags=[LAYOUT.tridiag("{step}", draw) for draw in DRAWS],
+        tridiags=[LAYOUT.tridiag("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
         # Each draw's sha256 record: a tridiagonal changed after its job is refused.
-        provenance=[LAYOUT.provenance("{step}", draw) for draw in DRAWS],
+        provenance=[LAYOUT.provenance("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
     output:
         tridiags=spectrum_files("{step}")["tridiags"],
         ritz_values=spectrum_files("{step}")["ritz_values"],
         ritz_weights=spectrum_files("{step}")["ritz_weights"],
     log:
-        log_file("aggregate/step_{step}"),
+        log_file("aggregate/{operator}/{block}/step_{step}"),
     benchmark:
-        benchmark_file("aggregate/step_{step}")
+        benchmark_file("aggregate/{operator}/{block}/step_{step}")
     conda:
         "../../envs/analysis.yaml"
     script:
         "../../scripts/aggregate.py"
 
 
+# The top Ritz pairs of every draw (spectrum.top_k), from the tridiagonals and Lanczos vectors: no
+# Hessian pass. Each pair's a-posteriori bound |b_m s_mi| (b_m from the provenance) is, with full
+# reorthogonalization, its residual norm ||H y - theta y|| down to rounding (1e-15 sqrt(m) ||H||).
+rule top_pairs:
+    input:
+        tridiags=[LAYOUT.tridiag("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
+        vectors=[LAYOUT.lanczos_vectors("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
+        provenance=[LAYOUT.provenance("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
+    output:
+        LAYOUT.top_pairs("{step}", "{operator}", "{block}"),
+    log:
+        log_file("top_pairs/{operator}/{block}/step_{step}"),
+    benchmark:
+        benchmark_file("top_pairs/{operator}/{block}/step_{step}")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        top_k=TOP_K,
+    script:
+        "../../scripts/top_pairs.py"
+
+
 rule density:
     input:
         ritz_values=spectrum_files("{step}")["ritz_values"],
         ritz_weights=spectrum_files("{step}")["ritz_weights"],
-        provenance=LAYOUT.provenance("{step}", 0),
+        provenance=LAYOUT.provenance("{step}", 0, "{operator}", "{block}"),
     output:
         density=spectrum_files("{step}")["density"],
         stats=spectrum_files("{step}")["stats"],
     log:
-        log_file("density/step_{step}"),
+        log_file("density/{operator}/{block}/step_{step}"),
     benchmark:
-        benchmark_file("density/step_{step}")
+        benchmark_file("density/{operator}/{block}/step_{step}")
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -39,9 +65,9 @@ rule density:
 
 rule summarize:
     input:
-        stats=[spectrum_files(step)["stats"] for step in STEPS],
-        evaluations=[LAYOUT.evaluation(step) for step in STEPS],
-        provenance=[LAYOUT.provenance(step, 0) for step in STEPS],
+        stats=[spectrum_files(step, *curvature)["stats"] for curvature in CURVATURES for step in STEPS],
+        evaluations=[LAYOUT.evaluation(step) for _ in CURVATURES for step in STEPS],
+        provenance=[LAYOUT.provenance(step, 0, *curvature) for curvature in CURVATURES for step in STEPS],
         history=rules.train.output.history,
     output:
         report(
@@ -56,6 +82,7 @@ rule summarize:
     conda:
         "../../envs/analysis.yaml"
     params:
-        steps=STEPS,
+        # One (operator, block, step) per row, in the order of the inputs.
+        rows=[(*curvature, step) for curvature in CURVATURES for step in STEPS],
     script:
         "../../scripts/summarize.py"

@@ -1,4 +1,5 @@
-# One job per (checkpoint step, draw): draws run in parallel across devices or
+# One job per (checkpoint step, curvature, draw), a curvature being an operator
+# (Hessian or GGN) on a block of variables: draws run in parallel across devices or
 # nodes. One Lanczos run is never split across jobs (each step needs the last);
 # inside a job, lanczos.strategy spreads its Hessian passes over local devices
 # (mirrored) or worker processes on several hosts (multi_worker).
@@ -17,9 +18,9 @@ rule lanczos:
     output:
         **lanczos_files("{step}", "{draw}"),
     log:
-        log_file("lanczos/step_{step}_draw_{draw}"),
+        log_file("lanczos/{operator}/{block}/step_{step}_draw_{draw}"),
     benchmark:
-        benchmark_file("lanczos/step_{step}_draw_{draw}")
+        benchmark_file("lanczos/{operator}/{block}/step_{step}_draw_{draw}")
     conda:
         "../../envs/hessflow.yaml"
     threads: rule_threads("lanczos")
@@ -36,8 +37,10 @@ rule lanczos:
     params:
         model=model_params(),
         objective=objective_params(),
-        hessian=config["hessian"],
+        hessian=hessian_params(),
+        variables=lambda wildcards: BLOCKS[wildcards.block],
         num_steps=config["lanczos"]["steps"],
+        probe=config["lanczos"]["probe"],
         save_every=config["lanczos"]["save_every"],
         seed=config["seed"],
         strategy=config["lanczos"]["strategy"],

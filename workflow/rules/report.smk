@@ -1,19 +1,23 @@
+# The figures (per step and curvature, per curvature along training, and with several
+# curvatures one per step of them all), the manifest, the resolved config, the export.
+
+
 rule render_density:
     input:
         density=spectrum_files("{step}")["density"],
         stats=spectrum_files("{step}")["stats"],
     output:
         report(
-            LAYOUT.density_figure("{step}"),
+            LAYOUT.density_figure("{step}", "{operator}", "{block}"),
             caption="../report/density.rst",
-            category="Hessian spectrum",
-            subcategory="Density per checkpoint",
-            labels={"step": "{step}"},
+            category="Spectrum per checkpoint",
+            subcategory="{operator} {block}",
+            labels={"operator": "{operator}", "block": "{block}", "step": "{step}"},
         ),
     log:
-        log_file("render_density/step_{step}"),
+        log_file("render_density/{operator}/{block}/step_{step}"),
     benchmark:
-        benchmark_file("render_density/step_{step}")
+        benchmark_file("render_density/{operator}/{block}/step_{step}")
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -28,15 +32,15 @@ rule render_trajectory:
         summary=rules.summarize.output[0],
     output:
         report(
-            LAYOUT.trajectory_figure,
+            LAYOUT.trajectory_figure("{operator}", "{block}"),
             caption="../report/trajectory.rst",
-            category="Hessian spectrum",
-            subcategory="Along training",
+            category="Along training",
+            labels={"operator": "{operator}", "block": "{block}"},
         ),
     log:
-        log_file("render_trajectory"),
+        log_file("render_trajectory/{operator}/{block}"),
     benchmark:
-        benchmark_file("render_trajectory")
+        benchmark_file("render_trajectory/{operator}/{block}")
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -44,6 +48,29 @@ rule render_trajectory:
         dpi=150,  # = hessflow.reproduce.FIGURE_DPI, so that a rebuild renders the same bytes
     script:
         "../../scripts/render_trajectory.py"
+
+
+rule render_curvatures:
+    input:
+        densities=[spectrum_files("{step}", *curvature)["density"] for curvature in CURVATURES],
+    output:
+        report(
+            LAYOUT.curvatures_figure("{step}"),
+            caption="../report/curvatures.rst",
+            category="Curvatures side by side",
+            labels={"step": "{step}"},
+        ),
+    log:
+        log_file("render_curvatures/step_{step}"),
+    benchmark:
+        benchmark_file("render_curvatures/step_{step}")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        curvatures=CURVATURES,
+        dpi=150,  # = hessflow.reproduce.FIGURE_DPI, so that a rebuild renders the same bytes
+    script:
+        "../../scripts/render_curvatures.py"
 
 
 rule manifest:
