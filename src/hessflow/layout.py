@@ -39,7 +39,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
-    "BLOCK_NAME_PATTERN",
     "CONFIG_FILE",
     "DEFAULT_BLOCK",
     "DEFAULT_OPERATOR",
@@ -64,8 +63,6 @@ OPERATORS = ("hessian", "ggn")
 DEFAULT_OPERATOR = "hessian"
 #: The block of every variable, the default ``hessian.blocks`` (``{"all": [".*"]}``).
 DEFAULT_BLOCK = "all"
-#: What a block name may be (the schema's pattern): a path component with no dot at its start.
-BLOCK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 _SPECTRUM_FILES = ("tridiags", "ritz_values", "ritz_weights", "density", "stats")
 _STATE_NAME = ".state_{draw}.npz"

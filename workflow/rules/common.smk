@@ -136,11 +136,6 @@ def lanczos_files(step, draw, operator="{operator}", block="{block}"):
     return LAYOUT.lanczos_files(step, draw, SAVE_VECTORS, operator, block)
 
 
-def curvature_name(operator, block):
-    """``{operator}/{block}``: where a curvature's files and logs go."""
-    return f"{operator}/{block}"
-
-
 def hessian_params():
     """What defines the operators besides the operator and the block (``hessian.*`` less
     ``operator`` and ``blocks``): adding an operator or a block reruns no existing job."""
