@@ -1,5 +1,6 @@
-"""Rule lanczos: one SLQ draw of one curvature at one checkpoint: tridiag_{draw}.npy, lanczos_vec_{draw}.npy,
-provenance_{draw}.json."""
+"""Rules lanczos and deflation_basis: one SLQ draw of one curvature at one checkpoint, or the
+deflation basis run of its draws (draw "basis"); a draw with basis_* inputs runs deflated on that
+basis. Outputs: the tridiagonal, the provenance and, if kept, the Lanczos vectors."""
 
 import sys
 
@@ -14,10 +15,13 @@ from pathlib import Path  # noqa: E402
 
 from hessflow import artifacts  # noqa: E402
 from hessflow.lanczos_job import LanczosJobSpec, launch_workers, run_lanczos_job  # noqa: E402
-from hessflow.layout import lanczos_state_beside  # noqa: E402
+from hessflow.layout import BASIS_DRAW, lanczos_state_beside  # noqa: E402
 
 params = snakemake.params
 multi_worker = params.strategy == "multi_worker"
+draw = int(snakemake.wildcards.draw) if "draw" in snakemake.wildcards.keys() else BASIS_DRAW
+basis = {name: snakemake.input[f"basis_{name}"] for name in ("tridiag", "vectors", "provenance")
+         if f"basis_{name}" in snakemake.input.keys()}
 spec = LanczosJobSpec(
     checkpoint=snakemake.input.checkpoint,
     images=snakemake.input.images,
@@ -31,7 +35,7 @@ spec = LanczosJobSpec(
     save_every=params.save_every,
     run_seed=params.seed,
     step=int(snakemake.wildcards.step),
-    draw=int(snakemake.wildcards.draw),
+    draw=draw,
     operator=snakemake.wildcards.operator,
     block=snakemake.wildcards.block,
     variables=params.variables,
@@ -40,8 +44,9 @@ spec = LanczosJobSpec(
     # mirrored: replicas on this node's devices; multi_worker: one process per worker.
     workers=1 if multi_worker else params.workers,
     # Beside the declared outputs (so under a module's prefix too), from the one run layout.
-    state_file=lanczos_state_beside(snakemake.output.tridiag, snakemake.wildcards.draw),
+    state_file=lanczos_state_beside(snakemake.output.tridiag, draw),
     outputs=dict(snakemake.output.items()),
+    deflation=basis or None,
 )
 if multi_worker:
     spec_file = Path(spec.state_file).with_suffix(".job.json")

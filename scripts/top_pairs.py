@@ -1,6 +1,7 @@
 """Rule top_pairs: the top-k Ritz pairs of every draw of one step and curvature, top_pairs.npz.
 
-No Hessian pass: the pairs come from each draw's tridiagonal ``T`` and Lanczos basis ``V``.
+No Hessian pass: the pairs come from each draw's tridiagonal ``T`` and Lanczos basis ``V`` (with
+deflation, from the basis run alone: "draws" is then 1).
 Arrays, draw d first: ``values`` (draws, k) float64, descending; ``vectors`` (draws, n, k) float64,
 unit columns ``V s_i`` with ``s_i`` the eigenvector of ``T``; ``residual_bounds`` (draws, k)
 float64, ``|b_m s_i[m-1]|`` with ``b_m`` the provenance's ``residual_norm``: with full

@@ -524,7 +524,7 @@ def test_demo_config_meets_the_floor():
     assert len(steps) >= 4
     assert steps == sorted(steps)
     assert steps[0] == 0 and steps[-1] == config["training"]["steps"]
-    assert config["lanczos"]["steps"] == 90
+    assert config["lanczos"]["deflation_steps"] + config["lanczos"]["draws"] * config["lanczos"]["steps"] == 270
     assert config["lanczos"]["draws"] >= 2
     assert config["hessian"]["batch_norm"] == "train"
     assert config["hessian"]["max_examples"] is None
@@ -579,3 +579,13 @@ def test_shipped_checkpoints_and_boundaries_lie_within_training(path):
     assert max(training["checkpoint_steps"]) <= training["steps"]
     assert all(boundary <= training["steps"] for boundary in training["lr_boundaries"])
     assert training["lr_boundaries"] == sorted(training["lr_boundaries"])
+
+
+def test_every_operator_is_spelled_alike_in_schema_layout_job_and_figures():
+    from hessflow.lanczos_job import OPERATOR_CLASSES
+    from hessflow.layout import OPERATORS
+    from hessflow.plots import OPERATOR_NAMES
+
+    operator = yaml.safe_load(SCHEMA.read_text())["properties"]["hessian"]["properties"]["operator"]
+    name_enum, list_enum = (choice.get("enum") or choice["items"]["enum"] for choice in operator["oneOf"])
+    assert name_enum == list_enum == list(OPERATORS) == list(OPERATOR_CLASSES) == list(OPERATOR_NAMES)

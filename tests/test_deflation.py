@@ -188,3 +188,23 @@ def test_rademacher_deflation_is_unbiased_with_the_projected_norm_as_complement_
                                                          complement_weight=float(v @ v)))[0])
     assert np.mean(projected) == pytest.approx(np.sum(spectrum) / 10, rel=1e-12)
     assert abs(np.mean(default) - np.sum(spectrum) / 10) > 1e-3  # 2.7e-3 of a mean eigenvalue of 3.2
+
+
+def test_aggregated_draws_on_a_basis_runs_krylov_space_estimate_the_trace_unbiasedly_with_less_variance():
+    # The workflow's estimator (lanczos.deflation_steps): the whole Krylov space of one 20-step basis
+    # run projected out of every draw, its 20 Ritz values as atoms (hessflow.reproduce.aggregate).
+    from hessflow.integrity import DeflationBasis
+    from hessflow.reproduce import aggregate
+
+    a, spectrum, _, _ = planted_outliers()
+    n = a.shape[0]
+    basis = lanczos(a, num_steps=20, seed=(0, 0, 0, 1))
+    deflated = DeflatedOperator(a, basis.vectors)
+    tridiags = [lanczos(deflated, num_steps=STEPS, start=deflated_start_vector(n, (0, 0, d), basis.vectors)).tridiag
+                for d in range(200)]
+    _, values, weights = aggregate(tridiags, DeflationBasis(basis.tridiag, n, np.full(200, (n - 20) / n)))
+    assert values.shape == weights.shape == (200, 20 + STEPS)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=0, atol=1e-13)
+    traces = n * np.sum(values * weights, axis=1)
+    assert abs(traces.mean() - spectrum.sum()) <= 4 * traces.std(ddof=1) / np.sqrt(200)
+    assert traces.var(ddof=1) < 0.05 * hutchinson_variance(np.sort(spectrum))  # plain SLQ's closed form

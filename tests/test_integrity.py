@@ -245,3 +245,23 @@ def test_tridiag_changed_after_its_job_fails_aggregation_and_is_not_recertified(
 
     tampered.unlink()  # the fix the message gives: the draw's Lanczos job is planned again
     assert job("lanczos", step, 1) in planned_jobs(work, SMALL_CONFIG)
+
+
+def test_draws_deflated_on_another_basis_run_are_refused_naming_each(tmp_path):
+    from hessflow.integrity import load_deflation_basis
+
+    basis, basis_provenance = write_draw(tmp_path, 9, tridiag_of(7))
+    recorded = json.loads(basis_provenance.read_text()) | {"dim": 50}
+    artifacts.save_json(basis_provenance, recorded)
+    draws = []
+    for draw, basis_sha256 in enumerate([recorded[integrity.OUTPUTS_SHA256]["tridiag"], "0" * 64]):
+        _, provenance = write_draw(tmp_path, draw, tridiag_of(draw))
+        artifacts.save_json(provenance, json.loads(provenance.read_text()) | {"deflation": {
+            "basis_sha256": {"tridiag": basis_sha256}, "complement_weight": 0.88}})
+        draws.append(provenance)
+    with pytest.raises(IntegrityError, match=r"provenance_1\.json: draw 1 was not deflated on the basis run") as error:
+        load_deflation_basis(basis, basis_provenance, draws)
+    assert "provenance_0" not in str(error.value)
+    loaded = load_deflation_basis(basis, basis_provenance, draws[:1])
+    assert np.array_equal(loaded.tridiag, tridiag_of(7)) and loaded.dim == 50
+    assert loaded.complement_weights.tolist() == [0.88]

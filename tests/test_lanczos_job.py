@@ -63,3 +63,59 @@ def test_job_refuses_an_unknown_operator_by_name(tmp_path):
     spec = lanczos_job_spec(tmp_path, batch_size=50) | {"operator": "fisher"}
     with pytest.raises(ValueError, match=r"operator must be one of \['ggn', 'hessian'\], got 'fisher'"):
         run_lanczos_job(spec, log=lambda line: None)
+
+
+def basis_then_draw_specs(folder, **changes):
+    """The specs of a deflation basis run (8 steps, vectors kept) and of draw 0 deflated on it."""
+    spec = lanczos_job_spec(folder, batch_size=50) | {"variables": ["logits"], "block": "head"} | changes
+    basis_outputs = {name: str(folder / f"{name}_basis.{'json' if name == 'provenance' else 'npy'}")
+                     for name in ("tridiag", "vectors", "provenance")}
+    basis = spec | {"draw": "basis", "num_steps": 8, "outputs": basis_outputs,
+                    "state_file": str(folder / ".state_basis.npz")}
+    return basis, spec | {"num_steps": 6, "deflation": basis_outputs}
+
+
+def test_deflated_draw_is_lanczos_on_the_projected_operator_from_the_projected_start(tmp_path):
+    from hessflow import hvp
+    from hessflow.deflation import DeflatedOperator, deflated_start_vector
+    from hessflow.lanczos import lanczos
+    from hessflow.lanczos_job import run_lanczos_job
+
+    basis_spec, draw_spec = basis_then_draw_specs(tmp_path)
+    run_lanczos_job(basis_spec, log=lambda line: None)
+    provenance = run_lanczos_job(draw_spec, log=lambda line: None)
+
+    _, operator = library_tridiag(draw_spec, hvp.HessianOperator, ["logits"], "gaussian")
+    # The basis run: its own seed (run_seed, step, 0, 1), independent of every draw's.
+    basis_run = lanczos(operator, num_steps=8, seed=(0, 0, 0, 1))
+    assert np.array_equal(np.load(tmp_path / "tridiag_basis.npy"), basis_run.tridiag)
+    vectors = np.load(tmp_path / "vectors_basis.npy")
+    assert np.array_equal(vectors, basis_run.vectors)
+    expected = lanczos(DeflatedOperator(operator, vectors), num_steps=6,
+                       start=deflated_start_vector(operator.dim, (0, 0, 0), vectors)).tridiag
+    assert np.array_equal(np.load(tmp_path / "tridiag_0.npy"), expected)
+    n = operator.dim
+    assert provenance["deflation"]["basis_steps"] == 8
+    assert provenance["deflation"]["complement_weight"] == (n - 8) / n  # Gaussian probe: exactly unbiased
+
+
+def test_deflated_draw_refuses_a_basis_of_another_operator_naming_it(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    basis_spec, draw_spec = basis_then_draw_specs(tmp_path)
+    run_lanczos_job(basis_spec | {"objective": basis_spec["objective"] | {"weight_decay": 0.0}}, log=lambda line: None)
+    refused = r"provenance_basis\.json: computed for another operator.*delete .*tridiag_basis"
+    with pytest.raises(ValueError, match=refused):
+        run_lanczos_job(draw_spec, log=lambda line: None)
+
+
+def test_progress_estimate_leaves_out_the_first_step_which_traces():
+    from hessflow.lanczos_job import _progress_logger
+
+    times = iter([100.0, 101.0, 102.0])  # tracing: 99 s to step 1; then 1 s a step
+    lines = []
+    report = _progress_logger(lines.append, start=1.0, clock=lambda: next(times))
+    for done in (1, 2, 3):
+        report(done, 10)
+    assert "no estimate yet" in lines[0]
+    assert lines[1].endswith("estimated time left 8.0 s") and lines[2].endswith("estimated time left 7.0 s")

@@ -126,13 +126,21 @@ def sha256_hex(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def independent_stats(tridiags, dim, eps):
+def deflated_measure(tridiag, basis_tridiag, dim):
+    """A deflated draw's measure with numpy alone: the basis run's Ritz values at weight 1/n, the
+    draw's Gauss nodes with weights (n - m0)/n times the squared first eigenvector components
+    (the Gaussian probe's complement weight); ascending."""
+    atoms = np.linalg.eigvalsh(basis_tridiag)
+    eigenvalues, eigenvectors = np.linalg.eigh(tridiag)
+    values = np.concatenate([atoms, eigenvalues])
+    weights = np.concatenate([np.full(atoms.size, 1 / dim), (dim - atoms.size) / dim * eigenvectors[0] ** 2])
+    order = np.argsort(values, kind="stable")
+    return values[order], weights[order]
+
+
+def independent_stats(tridiags, dim, eps, basis_tridiag):
     """Spectrum statistics from the tridiagonals with numpy alone (definitions: README/stats.json)."""
-    values, weights = [], []
-    for tridiag in tridiags:
-        eigenvalues, eigenvectors = np.linalg.eigh(tridiag)
-        values.append(eigenvalues)
-        weights.append(eigenvectors[0] ** 2)
+    values, weights = zip(*(deflated_measure(tridiag, basis_tridiag, dim) for tridiag in tridiags))
     lambda_max = np.mean([v.max() for v in values])
     lambda_min = np.mean([v.min() for v in values])
     cutoff = eps * (lambda_max - lambda_min)
@@ -163,6 +171,7 @@ class Demo:
         self.saved_steps = sorted(config["training"]["checkpoint_steps"])
         self.draws = list(range(config["lanczos"]["draws"]))
         self.m = config["lanczos"]["steps"]
+        self.m0 = config["lanczos"]["deflation_steps"]  # the demo deflates
 
     def lanczos(self, step, name):
         return self.results / "lanczos" / "hessian" / "all" / f"step_{step}" / name
@@ -247,18 +256,36 @@ def test_demo_spectrum_tridiags_stack_the_per_draw_files(demo):
         np.testing.assert_array_equal(stacked, expected)
 
 
-def test_demo_ritz_values_and_weights_match_numpy_eigh(demo):
+def test_demo_ritz_values_and_weights_are_the_basis_atoms_and_each_draws_quadrature_by_numpy_eigh(demo):
     for step in demo.steps:
         tridiags = np.load(demo.spectrum(step, "tridiags.npy"))
         values = np.load(demo.spectrum(step, "ritz_values.npy"))
         weights = np.load(demo.spectrum(step, "ritz_weights.npy"))
-        assert values.shape == weights.shape == (len(demo.draws), demo.m)
+        basis = np.load(demo.lanczos(step, "tridiag_basis.npy"))
+        dim = load_json(demo.lanczos(step, "provenance_0.json"))["dim"]
+        assert values.shape == weights.shape == (len(demo.draws), demo.m0 + demo.m)
         for draw, tridiag in enumerate(tridiags):
-            eigenvalues, eigenvectors = np.linalg.eigh(tridiag)
-            scale = np.abs(eigenvalues).max()
-            np.testing.assert_allclose(values[draw], eigenvalues, rtol=0, atol=1e-12 * scale)
-            np.testing.assert_allclose(weights[draw], eigenvectors[0] ** 2, rtol=0, atol=1e-12)
+            expected_values, expected_weights = deflated_measure(tridiag, basis, dim)
+            scale = np.abs(expected_values).max()
+            np.testing.assert_allclose(values[draw], expected_values, rtol=0, atol=1e-12 * scale)
+            np.testing.assert_allclose(weights[draw], expected_weights, rtol=0, atol=1e-12)
             assert weights[draw].sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_demo_draws_run_off_the_basis_runs_krylov_space_with_its_own_seed(demo):
+    for step in demo.steps:
+        basis = np.load(demo.lanczos(step, "lanczos_vec_basis.npy"))
+        basis_provenance = load_json(demo.lanczos(step, "provenance_basis.json"))
+        assert basis.shape == (basis_provenance["dim"], demo.m0)
+        assert basis_provenance["seed"] == [demo.config["seed"], step, 0, 1]
+        np.testing.assert_allclose(basis.T @ basis, np.eye(demo.m0), rtol=0, atol=1e-8)
+        for draw in demo.draws:
+            provenance = load_json(demo.lanczos(step, f"provenance_{draw}.json"))
+            basis_sha256 = hashlib.sha256(demo.lanczos(step, "tridiag_basis.npy").read_bytes()).hexdigest()
+            assert provenance["deflation"]["basis_sha256"]["tridiag"] == basis_sha256
+            assert provenance["operator_sha256"] == basis_provenance["operator_sha256"]
+            vectors = np.load(demo.lanczos(step, f"lanczos_vec_{draw}.npy"))
+            assert np.abs(basis.T @ vectors).max() < 1e-10  # the draw's Krylov space is P H P's
 
 
 def test_demo_density_has_grid_len_points_and_integrates_to_one(demo):
@@ -284,9 +311,10 @@ def test_demo_stats_match_independently_computed_statistics(demo):
         dim = load_json(demo.lanczos(step, "provenance_0.json"))["dim"]
         assert stats["dim"] == dim
         assert stats["num_draws"] == len(demo.draws)
-        assert stats["num_steps"] == demo.m
+        assert stats["num_steps"] == demo.m0 + demo.m  # nodes per draw: the atoms and the draw's own
         tridiags = [np.load(demo.lanczos(step, f"tridiag_{d}.npy")) for d in demo.draws]
-        for key, value in independent_stats(tridiags, dim, eps).items():
+        basis = np.load(demo.lanczos(step, "tridiag_basis.npy"))
+        for key, value in independent_stats(tridiags, dim, eps, basis).items():
             assert stats[key] == pytest.approx(value, rel=1e-9, abs=1e-12), f"step {step}: {key}"
 
 
@@ -388,14 +416,16 @@ def test_demo_training_history_has_the_documented_columns(demo):
         assert any(float(row["learning_rate"]) == pytest.approx(rate) for rate in rates)
 
 
-def test_demo_lanczos_logs_report_progress_and_time_left(demo):
+def test_demo_lanczos_logs_report_progress_and_time_left_after_the_first_step(demo):
     pattern = re.compile(r"Lanczos step (\d+)/(\d+).*estimated time left")
+    logs = demo.results / "logs"
     for step in demo.steps:
-        for draw in demo.draws:
-            log = demo.results / "logs" / "lanczos" / "hessian" / "all" / f"step_{step}_draw_{draw}.log"
+        jobs = [(logs / "lanczos" / "hessian" / "all" / f"step_{step}_draw_{draw}.log", demo.m) for draw in demo.draws]
+        for log, m in [*jobs, (logs / "deflation_basis" / "hessian" / "all" / f"step_{step}.log", demo.m0)]:
             progress = [pattern.search(line) for line in log.read_text().splitlines()]
-            progress = [(int(m.group(1)), int(m.group(2))) for m in progress if m]
-            assert progress == [(i, demo.m) for i in range(1, demo.m + 1)], log.name
+            progress = [(int(found.group(1)), int(found.group(2))) for found in progress if found]
+            # The first step traces the operator: no estimate from it (hessflow.lanczos_job).
+            assert progress == [(i, m) for i in range(2, m + 1)], log.name
 
 
 def test_demo_writes_a_benchmark_tsv_for_every_job(demo):

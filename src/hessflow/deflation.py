@@ -51,7 +51,8 @@ from scipy.sparse.linalg import LinearOperator
 from .density import ritz
 from .lanczos import Operator, Seed, _as_matvec, start_vector
 
-__all__ = ["ORTHONORMALITY_TOL", "DeflatedOperator", "deflated_ritz_measure", "deflated_start_vector", "project_out"]
+__all__ = ["ORTHONORMALITY_TOL", "DeflatedOperator", "complement_weight", "deflated_ritz_measure",
+           "deflated_start_vector", "project_out"]
 
 #: ``eigenvectors`` are refused when ``max |Y^T Y - I|`` exceeds this.
 ORTHONORMALITY_TOL = 1e-8
@@ -138,6 +139,28 @@ def deflated_start_vector(dim: int, seed: Seed, eigenvectors, probe: str = "gaus
         raise ValueError(f"dim is {dim!r} but eigenvectors has {y.shape[0]} rows")
     vector = project_out(project_out(start_vector(dim, seed, probe), y), y)
     return vector / np.linalg.norm(vector)
+
+
+def complement_weight(dim: int, seed: Seed, eigenvectors, probe: str = "gaussian") -> float:
+    """The weight of a deflated run's quadrature that makes :func:`deflated_ritz_measure` unbiased.
+
+    ``(n - k)/n`` for the Gaussian probe (``P v / ||P v||`` is uniform on the complement's sphere);
+    ``||P v||^2 = 1 - ||Y^T v||^2`` with ``v = start_vector(dim, seed, probe)`` for the others, whose
+    projection's norm and direction are dependent (see the module docstring).
+
+    Args:
+        dim, seed, eigenvectors, probe: as for :func:`deflated_start_vector` of the same run.
+
+    Returns:
+        float in [0, 1].
+    """
+    y = _orthonormal_columns(eigenvectors)
+    if dim != y.shape[0]:
+        raise ValueError(f"dim is {dim!r} but eigenvectors has {y.shape[0]} rows")
+    if probe == "gaussian":
+        return (dim - y.shape[1]) / dim
+    projected = project_out(start_vector(dim, seed, probe), y)
+    return float(projected @ projected)
 
 
 def deflated_ritz_measure(

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,14 @@ from hessflow import artifacts
 
 __all__ = [
     "check_recorded_output",
+    "DeflationBasis",
     "OUTPUTS_SHA256",
     "IntegrityError",
     "array_sha256",
     "check_checkpoint",
     "check_data_arrays",
     "checkpoint_record",
+    "load_deflation_basis",
     "load_tridiag",
     "load_tridiags",
     "outputs_sha256",
@@ -187,6 +190,48 @@ def load_tridiags(
     if refused:
         raise IntegrityError("\n".join(refused))
     return loaded
+
+
+@dataclass(frozen=True)
+class DeflationBasis:
+    """What the deflated draws of one checkpoint and curvature share, verified (:func:`load_deflation_basis`).
+
+    Attributes:
+        tridiag: the basis run's ``T``, (k, k) float64: its Ritz values are the deflated atoms.
+        dim: ``n``, the operator's dimension.
+        complement_weights: (draws,) float64, each draw's recorded weight of its quadrature.
+    """
+
+    tridiag: np.ndarray
+    dim: int
+    complement_weights: np.ndarray
+
+
+def load_deflation_basis(tridiag: str | os.PathLike, provenance: str | os.PathLike,
+                         draw_provenances: Sequence[str | os.PathLike]) -> DeflationBasis:
+    """The deflation basis run's tridiagonal, verified, with what its deflated draws recorded.
+
+    Each draw's provenance must record a deflation on exactly this basis (the sha256 of the basis
+    tridiagonal it projected out): draws of another basis run, or plain draws, are refused.
+
+    Raises:
+        IntegrityError: naming the file and the fix.
+    """
+    basis = load_tridiag(tridiag, provenance, "basis")
+    recorded = _read_provenance(Path(provenance), f"delete {tridiag} to recompute the basis run")
+    basis_sha256 = recorded.get(OUTPUTS_SHA256, {}).get("tridiag")
+    weights, refused = [], []
+    for draw, path in enumerate(draw_provenances):
+        fix = f"delete {path} to recompute draw {draw} on the basis run {tridiag}"
+        deflation = _read_provenance(Path(path), fix).get("deflation") or {}
+        if deflation.get("basis_sha256", {}).get("tridiag") != basis_sha256 or "complement_weight" not in deflation:
+            refused.append(f"{path}: draw {draw} was not deflated on the basis run {tridiag} (its recorded basis "
+                           f"differs or is missing); {fix}")
+        else:
+            weights.append(float(deflation["complement_weight"]))
+    if refused:
+        raise IntegrityError("\n".join(refused))
+    return DeflationBasis(tridiag=basis, dim=int(recorded["dim"]), complement_weights=np.asarray(weights))
 
 
 def check_data_arrays(arrays: Mapping[str, tuple[str | os.PathLike, np.ndarray]], card: Mapping,

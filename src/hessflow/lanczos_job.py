@@ -15,6 +15,7 @@ described by a `LanczosJobSpec`, written as JSON for the workers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -26,11 +27,27 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OPERATOR_CLASSES", "LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster",
-           "operator_identity"]
+from hessflow.layout import BASIS_DRAW
+
+__all__ = ["BASIS_DRAW", "OPERATOR_CLASSES", "LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster",
+           "operator_identity", "start_seed"]
 
 #: The config's operator names and the `hessflow.hvp` classes they build.
 OPERATOR_CLASSES = {"hessian": "HessianOperator", "ggn": "GGNOperator"}
+
+
+def start_seed(run_seed: int, step: int, draw: int | str) -> tuple[int, ...]:
+    """The seed of a job's start vector: ``(run_seed, step, draw)``, and ``(run_seed, step, 0, 1)``
+    for the deflation basis run (``draw == BASIS_DRAW``).
+
+    `numpy.random.SeedSequence` pads short entropy with zeros (``(a, b, d)`` is ``(a, b, d, 0)``),
+    so the basis run's seed, ending in a nonzero word, is independent of every draw's.
+    """
+    if draw == BASIS_DRAW:
+        return (run_seed, step, 0, 1)
+    if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+        raise ValueError(f"Lanczos job spec: draw must be a non-negative int or {BASIS_DRAW!r}; got {draw!r}")
+    return (run_seed, step, draw)
 
 
 @dataclass(frozen=True)
@@ -50,12 +67,17 @@ class LanczosJobSpec:
             (``variables=`` of the operator); None: every variable.
         probe: the start vector's distribution, ``hessflow.lanczos.PROBES``.
         num_steps, save_every: Lanczos steps, and how often the resumable state is saved.
-        run_seed, step, draw: the start vector is seeded by ``(run_seed, step, draw)``.
+        run_seed, step, draw: the start vector is seeded by `start_seed` ``(run_seed, step, draw)``;
+            ``draw`` is `BASIS_DRAW` for the deflation basis run.
         strategy, workers: ``hessflow.distribute.STRATEGIES`` and replicas per worker.
         state_file: the resumable Lanczos state (undeclared, beside the outputs).
         outputs: ``{"tridiag", "provenance", "vectors" (optional)}`` paths.
         checkpoint_record: the train job's ``{step: sha256}`` of its checkpoints
             (``train/checkpoints.json``), checked before the checkpoint is loaded; None checks nothing.
+        deflation: ``{"tridiag", "vectors", "provenance"}``, the outputs of the deflation basis run
+            of the same operator and checkpoint: the run is then on ``P H P``, ``P = I - V V^T``
+            with ``V`` the basis run's Lanczos vectors (`hessflow.deflation`), from the projected
+            start vector. None: plain SLQ.
     """
 
     checkpoint: str
@@ -69,7 +91,7 @@ class LanczosJobSpec:
     save_every: int
     run_seed: int
     step: int
-    draw: int
+    draw: int | str
     state_file: str
     outputs: dict
     strategy: str = "default"
@@ -79,6 +101,7 @@ class LanczosJobSpec:
     block: str = "all"
     variables: list[str] | None = None
     probe: str = "gaussian"
+    deflation: dict | None = None
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> LanczosJobSpec:
@@ -96,10 +119,25 @@ class LanczosJobSpec:
         return asdict(self)
 
 
-def _progress_logger(log, start: float):
+def _progress_logger(log, start: float, clock=time.perf_counter):
+    """``progress(done, total)`` for `hessflow.lanczos.lanczos`: a log line per step, with the time
+    left estimated from the steps after the first one done in this process.
+
+    The first step of a job (or of a resumed job) also traces the operator's tf.functions, which
+    took 8.5-79x a later step's time here; it is left out of the rate. Until a second step is done
+    there is no estimate.
+    """
+    first: list[tuple[int, float]] = []
+
     def report(done: int, total: int) -> None:
-        elapsed = time.perf_counter() - start
-        left = elapsed / done * (total - done)
+        now = clock()
+        elapsed = now - start
+        if not first:
+            first.append((done, now))
+            log(f"Lanczos step {done}/{total}, elapsed {elapsed:.1f} s (includes tracing; no estimate yet)")
+            return
+        first_done, first_time = first[0]
+        left = (now - first_time) / (done - first_done) * (total - done)
         log(f"Lanczos step {done}/{total}, elapsed {elapsed:.1f} s, estimated time left {left:.1f} s")
 
     return report
@@ -120,6 +158,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
 
     import hessflow
     from hessflow import artifacts, checkpoints, data, factories, hvp, integrity, objectives
+    from hessflow.deflation import DeflatedOperator, complement_weight, deflated_start_vector
     from hessflow.lanczos import lanczos
 
     if spec.operator not in OPERATOR_CLASSES:
@@ -167,7 +206,8 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
             "train log and train/history.csv): lower training.learning_rate, or drop the step from spectrum.steps"
         ) from None
     step, draw = spec.step, spec.draw
-    log(f"step {step}, draw {draw}, {spec.operator} of block {spec.block} ({len(operator.variable_paths)} of "
+    run = "deflation basis run" if draw == BASIS_DRAW else f"draw {draw}"
+    log(f"step {step}, {run}, {spec.operator} of block {spec.block} ({len(operator.variable_paths)} of "
         f"{len(model.trainable_variables)} variables): n = {operator.dim:,} parameters, "
         f"{operator.num_examples:,} examples in "
         f"{operator.num_batches} batches over {operator.num_replicas} replica(s) ({spec.strategy}); "
@@ -177,19 +217,32 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     state_file = spec.state_file if chief else f"{spec.state_file}.{distribute.task_description().replace(' ', '_')}"
     if os.path.exists(state_file):
         log(f"found resumable state {state_file}")
+    seed = start_seed(spec.run_seed, step, draw)
+    identity = operator_identity(spec, checksum, data_sha256, operator.num_replicas)
+    operator_sha256 = _identity_sha256(identity)
+    matvec, start_vector, deflation = operator.matvec, None, None
+    if spec.deflation is not None:
+        basis, deflation = _deflation_basis(spec.deflation, operator.dim, operator_sha256)
+        matvec = DeflatedOperator(operator.matvec, basis)
+        start_vector = deflated_start_vector(operator.dim, seed, basis, spec.probe)
+        deflation["complement_weight"] = complement_weight(operator.dim, seed, basis, spec.probe)
+        log(f"deflated: the {basis.shape[1]} Lanczos vectors of the basis run {spec.deflation['vectors']} are "
+            f"projected out; complement weight {deflation['complement_weight']:.6g}")
+        # A state saved on another basis is another run (the start vector differs too).
+        identity = {**identity, "deflation_basis_sha256": deflation["basis_sha256"]}
     lanczos_start = time.perf_counter()
-    seed = (spec.run_seed, step, draw)
     result = lanczos(
-        operator.matvec,
+        matvec,
         operator.dim,
         spec.num_steps,
         seed=seed,
         keep_vectors="vectors" in spec.outputs,
         probe=spec.probe,
+        start=start_vector,
         state_file=state_file,
         save_every=spec.save_every,
         # A saved state resumes only into the same operator; another one starts fresh, logged.
-        operator_identity=operator_identity(spec, checksum, data_sha256, operator.num_replicas),
+        operator_identity=identity,
         log=log,
         progress=_progress_logger(log, lanczos_start),
     )
@@ -222,6 +275,10 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "variable_paths": operator.variable_paths,
         "probe": spec.probe,
         "dim": operator.dim,
+        # What a deflated draw checks its basis run against: the same operator, by this sha256.
+        "operator_sha256": operator_sha256,
+        # Deflated draws: the basis run's size and files, and the weight of the complement's quadrature.
+        "deflation": deflation,
         # b_m: with the last row of T's eigenvectors, each Ritz value's a-posteriori error bound.
         "residual_norm": float(result.residual_norm),
         "num_examples": operator.num_examples,
@@ -258,6 +315,46 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     if os.path.exists(state_file):  # outputs are in place: the resumable state has served
         os.remove(state_file)
     return provenance
+
+
+def _identity_sha256(identity: dict) -> str:
+    """sha256 of an operator identity's canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _deflation_basis(files: dict, dim: int, operator_sha256: str):
+    """The deflation basis run's Lanczos vectors ``V`` (dim, k) float64, verified, and the record
+    that a deflated draw's provenance keeps of it.
+
+    Refused (ValueError naming the file and the fix): a tridiagonal or vectors file changed after
+    its job (their sha256 in the basis provenance), a basis of another operator (its
+    ``operator_sha256``), vectors not of shape (dim, k) with k the basis tridiagonal's size, and
+    ``k >= dim`` (nothing left to estimate).
+    """
+    import numpy as np
+
+    from hessflow import integrity
+
+    fix = f"delete {files['tridiag']} to recompute the basis run (Snakemake reruns it, then the draws)"
+    tridiag = integrity.load_tridiag(files["tridiag"], files["provenance"], BASIS_DRAW)
+    integrity.check_recorded_output(files["vectors"], files["provenance"], "vectors", BASIS_DRAW)
+    provenance = json.loads(Path(files["provenance"]).read_text())
+    if provenance.get("operator_sha256") != operator_sha256:
+        raise ValueError(f"deflation basis {files['provenance']}: computed for another operator (checkpoint, data, "
+                         f"loss or hessian.* settings) than this draw's; {fix}")
+    vectors = np.load(files["vectors"])
+    k = tridiag.shape[0]
+    if vectors.shape != (dim, k):
+        raise ValueError(f"deflation basis {files['vectors']}: shape {vectors.shape}, expected ({dim}, {k}) (n "
+                         f"parameters x the basis run's {k} steps); {fix}")
+    if k >= dim:
+        raise ValueError(f"deflation basis {files['tridiag']}: its {k} vectors span the whole {dim}-dimensional "
+                         f"operator, leaving nothing to estimate: lower lanczos.deflation_steps below {dim}")
+    record = {
+        "basis_steps": k,
+        "basis_sha256": {name: provenance[integrity.OUTPUTS_SHA256][name] for name in ("tridiag", "vectors")},
+    }
+    return vectors, record
 
 
 def operator_identity(spec: LanczosJobSpec, weights_sha256: str, data_sha256: dict, replicas: int) -> dict:

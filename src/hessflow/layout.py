@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "BASIS_DRAW",
     "CONFIG_FILE",
     "DEFAULT_BLOCK",
     "DEFAULT_OPERATOR",
@@ -63,6 +64,8 @@ OPERATORS = ("hessian", "ggn")
 DEFAULT_OPERATOR = "hessian"
 #: The block of every variable, the default ``hessian.blocks`` (``{"all": [".*"]}``).
 DEFAULT_BLOCK = "all"
+#: The ``draw`` of the deflation basis run (``lanczos.deflation_steps``) in its files' names.
+BASIS_DRAW = "basis"
 
 _SPECTRUM_FILES = ("tridiags", "ritz_values", "ritz_weights", "density", "stats")
 _STATE_NAME = ".state_{draw}.npz"
@@ -199,6 +202,12 @@ class RunLayout:
         if save_vectors:
             files["vectors"] = self.lanczos_vectors(*where)
         return files
+
+    def basis_files(self, step: int | str, operator: str = DEFAULT_OPERATOR,
+                    block: str = DEFAULT_BLOCK) -> dict[str, str]:
+        """The deflation basis run's outputs (``tridiag_basis.npy``, ``provenance_basis.json``,
+        ``lanczos_vec_basis.npy``): a Lanczos job's, its vectors always kept."""
+        return self.lanczos_files(step, BASIS_DRAW, True, operator, block)
 
     def lanczos_state(self, step: int | str, draw: int | str, operator: str = DEFAULT_OPERATOR,
                       block: str = DEFAULT_BLOCK) -> str:

@@ -49,8 +49,10 @@ import numpy as np
 import pandas as pd
 
 from hessflow import artifacts, integrity
+from hessflow.deflation import deflated_ritz_measure
 from hessflow.density import density_from_ritz, ritz, summarize
 from hessflow.layout import (
+    BASIS_DRAW,
     CONFIG_FILE,
     DEFAULT_BLOCK,
     DEFAULT_OPERATOR,
@@ -105,23 +107,36 @@ SUMMARY_SPECTRUM_COLUMNS = (
 # ------------------------------------------------------------------------------------------------
 # the computations (shared with the workflow's scripts)
 # ------------------------------------------------------------------------------------------------
-def aggregate(tridiags: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aggregate(tridiags: Sequence[np.ndarray], deflation: integrity.DeflationBasis | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One checkpoint's draws -> ``(tridiags, ritz_values, ritz_weights)``.
 
     ``tridiags``: the per-draw (m_i, m_i) tridiagonals, in draw order. Returns the
     (draws, m, m) stack (the paper code's layout; a draw that stopped early is zero-padded) and
     the (draws, m) Gauss nodes (ascending, NaN-padded) and weights (zero-padded).
+
+    With ``deflation`` (the draws ran on ``P H P``, ``lanczos.deflation_steps``): each draw's
+    measure is `hessflow.deflation.deflated_ritz_measure` -- the basis run's k Ritz values as
+    atoms of weight 1/n, then the draw's quadrature times its complement weight -- so the Ritz
+    arrays are (draws, k + m); the stack stays the draws' own tridiagonals.
     """
     if len(tridiags) == 0:
         raise ValueError("aggregate: no tridiagonals")
     m = max(t.shape[0] for t in tridiags)
+    atoms = 0 if deflation is None else deflation.tridiag.shape[0]
     stacked = np.zeros((len(tridiags), m, m))
-    values = np.full((len(tridiags), m), np.nan)
-    weights = np.zeros((len(tridiags), m))
+    values = np.full((len(tridiags), atoms + m), np.nan)
+    weights = np.zeros((len(tridiags), atoms + m))
     for draw, tridiag in enumerate(tridiags):
         size = tridiag.shape[0]
         stacked[draw, :size, :size] = tridiag
-        values[draw, :size], weights[draw, :size] = ritz(tridiag)
+        if deflation is None:
+            nodes, node_weights = ritz(tridiag)
+        else:
+            nodes, node_weights = deflated_ritz_measure(
+                tridiag, ritz(deflation.tridiag)[0], deflation.dim,
+                complement_weight=deflation.complement_weights[draw])
+        values[draw, :atoms + size], weights[draw, :atoms + size] = nodes, node_weights
     return stacked, values, weights
 
 
@@ -266,16 +281,25 @@ def _draws(config: Mapping) -> range:
     return range(config["lanczos"]["draws"])
 
 
+def _deflated(config: Mapping) -> bool:
+    """Whether the draws ran on a deflation basis (``lanczos.deflation_steps`` > 0; absent: no)."""
+    return config["lanczos"].get("deflation_steps", 0) > 0
+
+
 def required_inputs(config: Mapping) -> list[str]:
     """Paths (relative to the run folder) a rebuild reads; each must be listed in the manifest:
     the config, then for each curvature and step every draw's tridiagonal and provenance (the
-    sha256 each tridiagonal is verified against), then each step's evaluation."""
+    sha256 each tridiagonal is verified against) and, with deflation, the basis run's, then each
+    step's evaluation."""
     steps = analysed_steps(config)
     paths = [CONFIG_FILE]
     for operator, block in curvatures(config):
         for step in steps:
             paths += [RELATIVE.tridiag(step, draw, operator, block) for draw in _draws(config)]
             paths += [RELATIVE.provenance(step, draw, operator, block) for draw in _draws(config)]
+            if _deflated(config):
+                basis = RELATIVE.basis_files(step, operator, block)
+                paths += [basis["tridiag"], basis["provenance"]]
     return paths + [RELATIVE.evaluation(step) for step in steps]
 
 
@@ -353,8 +377,9 @@ def verify_run(root: str | os.PathLike) -> Verification:
             result.problems.append(f"not shipped: {path} (needed to rebuild)")
     # Each tridiagonal against its Lanczos job's own record too (hessflow.integrity): a manifest
     # rewritten after a tridiagonal changed cannot certify it.
+    draws = [*_draws(config), *([BASIS_DRAW] if _deflated(config) else [])]
     for operator, block in curvatures(config):
-        for step, draw in itertools.product(analysed_steps(config), _draws(config)):
+        for step, draw in itertools.product(analysed_steps(config), draws):
             paths = (RELATIVE.tridiag(step, draw, operator, block), RELATIVE.provenance(step, draw, operator, block))
             if any(_names(problem, path) for problem in result.problems for path in paths):
                 continue  # already named
@@ -409,9 +434,13 @@ def _rebuild_spectrum(source: RunLayout, target: RunLayout, config: Mapping, ste
     draws = _draws(config)
     files = target.spectrum_files(step, operator, block)
     Path(files["tridiags"]).parent.mkdir(parents=True, exist_ok=True)
+    provenances = [source.provenance(step, draw, operator, block) for draw in draws]
+    deflation = None
+    if _deflated(config):
+        basis = source.basis_files(step, operator, block)
+        deflation = integrity.load_deflation_basis(basis["tridiag"], basis["provenance"], provenances)
     stacked, values, weights = aggregate(integrity.load_tridiags(
-        [source.tridiag(step, draw, operator, block) for draw in draws],
-        [source.provenance(step, draw, operator, block) for draw in draws]))
+        [source.tridiag(step, draw, operator, block) for draw in draws], provenances), deflation)
     artifacts.save_npy(files["tridiags"], stacked)
     artifacts.save_npy(files["ritz_values"], values)
     artifacts.save_npy(files["ritz_weights"], weights)

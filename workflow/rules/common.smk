@@ -52,16 +52,22 @@ SAVE_VECTORS = config["lanczos"]["save_vectors"]
 CURVATURES = curvatures(config)
 BLOCKS = config["hessian"]["blocks"]
 TOP_K = config["spectrum"]["top_k"]
+# Spectral deflation: a basis run of this many steps per step and curvature, its Krylov space
+# projected out of every draw (0: plain SLQ). The top Ritz pairs then come from the basis run.
+DEFLATION_STEPS = config["lanczos"]["deflation_steps"]
 
-if TOP_K and not SAVE_VECTORS:
+if TOP_K and not (SAVE_VECTORS or DEFLATION_STEPS):
     raise ValueError(
         "config spectrum.top_k: the top Ritz vectors are combinations of the Lanczos vectors; set "
         "lanczos.save_vectors: true, or spectrum.top_k: 0"
     )
-if TOP_K > config["lanczos"]["steps"]:
+_top_k_source = (
+    ("lanczos.deflation_steps", DEFLATION_STEPS) if DEFLATION_STEPS else ("lanczos.steps", config["lanczos"]["steps"])
+)
+if TOP_K > _top_k_source[1]:
     raise ValueError(
-        f"config spectrum.top_k: {TOP_K} Ritz pairs of {config['lanczos']['steps']} Lanczos steps "
-        f"(lanczos.steps) do not exist; lower spectrum.top_k or raise lanczos.steps"
+        f"config spectrum.top_k: {TOP_K} Ritz pairs of {_top_k_source[1]} Lanczos steps "
+        f"({_top_k_source[0]}) do not exist; lower spectrum.top_k or raise {_top_k_source[0]}"
     )
 
 if TRAIN_STEPS[-1] > config["training"]["steps"]:
@@ -136,6 +142,28 @@ def lanczos_files(step, draw, operator="{operator}", block="{block}"):
     return LAYOUT.lanczos_files(step, draw, SAVE_VECTORS, operator, block)
 
 
+def basis_files(step, operator="{operator}", block="{block}"):
+    """The deflation basis run's outputs (tridiag, provenance, vectors); wildcards by default."""
+    return LAYOUT.basis_files(step, operator, block)
+
+
+def deflation_inputs(step="{step}", operator="{operator}", block="{block}"):
+    """The basis run's outputs as ``basis_*`` inputs of a rule: none without deflation."""
+    if not DEFLATION_STEPS:
+        return {}
+    return {f"basis_{name}": path for name, path in basis_files(step, operator, block).items()}
+
+
+def top_pairs_inputs():
+    """What the top Ritz pairs come from: every draw, or the basis run when deflating (its
+    Krylov space is projected out of the draws, outliers included)."""
+    if DEFLATION_STEPS:
+        files = [basis_files("{step}")]
+    else:
+        files = [lanczos_files("{step}", draw) for draw in DRAWS]
+    return {name: [f[name] for f in files] for name in ("tridiag", "vectors", "provenance")}
+
+
 def hessian_params():
     """What defines the operators besides the operator and the block (``hessian.*`` less
     ``operator`` and ``blocks``): adding an operator or a block reruns no existing job."""
@@ -176,6 +204,8 @@ def artifacts():
         for step in STEPS:
             for draw in DRAWS:
                 files += lanczos_files(step, draw, operator, block).values()
+            if DEFLATION_STEPS:
+                files += basis_files(step, operator, block).values()
             files += spectrum_files(step, operator, block).values()
             if TOP_K:
                 files.append(LAYOUT.top_pairs(step, operator, block))
@@ -201,6 +231,8 @@ def exported_artifacts():
             for step in STEPS
             for draw in DRAWS
         }
+        if DEFLATION_STEPS:
+            left_out |= {basis_files(step, *curvature)["vectors"] for curvature in CURVATURES for step in STEPS}
     return [path for path in artifacts() if path not in left_out]
 
 

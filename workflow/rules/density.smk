@@ -4,9 +4,11 @@
 
 rule aggregate:
     input:
+        **{name: path for name, path in deflation_inputs().items() if name != "basis_vectors"},
         tridiags=[LAYOUT.tridiag("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
         # Each draw's sha256 record: a tridiagonal changed after its job is refused.
         provenance=[LAYOUT.provenance("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
+        # With deflation, the basis run's Ritz values join each draw's measure as atoms.
     output:
         tridiags=spectrum_files("{step}")["tridiags"],
         ritz_values=spectrum_files("{step}")["ritz_values"],
@@ -21,14 +23,15 @@ rule aggregate:
         "../../scripts/aggregate.py"
 
 
-# The top Ritz pairs of every draw (spectrum.top_k), from the tridiagonals and Lanczos vectors: no
-# Hessian pass. Each pair's a-posteriori bound |b_m s_mi| (b_m from the provenance) is, with full
-# reorthogonalization, its residual norm ||H y - theta y|| down to rounding (1e-15 sqrt(m) ||H||).
+# The top Ritz pairs of every draw (spectrum.top_k), or of the basis run when deflating, from the
+# tridiagonals and Lanczos vectors: no Hessian pass. Each pair's a-posteriori bound |b_m s_mi| (b_m
+# from the provenance) is, with full reorthogonalization, its residual norm ||H y - theta y|| down
+# to rounding (1e-15 sqrt(m) ||H||).
 rule top_pairs:
     input:
-        tridiags=[LAYOUT.tridiag("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
-        vectors=[LAYOUT.lanczos_vectors("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
-        provenance=[LAYOUT.provenance("{step}", draw, "{operator}", "{block}") for draw in DRAWS],
+        tridiags=top_pairs_inputs()["tridiag"],
+        vectors=top_pairs_inputs()["vectors"],
+        provenance=top_pairs_inputs()["provenance"],
     output:
         LAYOUT.top_pairs("{step}", "{operator}", "{block}"),
     log:

@@ -9,9 +9,11 @@ MULTI_WORKER = config["lanczos"]["strategy"] == "multi_worker" and config["lancz
 rule lanczos:
     input:
         **data_files("train"),
+        **deflation_inputs(),
         checkpoint=checkpoint_file("{step}"),
         card=LAYOUT.dataset_card,
         checkpoint_record=LAYOUT.checkpoint_record,
+        # lanczos.deflation_steps > 0: the basis run whose Krylov space the draw projects out.
     # Preemption: the job keeps its resumable state beside these outputs, undeclared (so that
     # Snakemake does not delete it with an incomplete job's outputs), at the path that
     # hessflow.layout derives from the tridiag output: under a module's prefix too.
@@ -47,3 +49,22 @@ rule lanczos:
         workers=config["lanczos"]["workers"],
     script:
         "../../scripts/lanczos.py"
+
+
+# lanczos.deflation_steps > 0: the deflation basis run of a step and curvature, a Lanczos job of
+# that many steps with its vectors kept (its own seed, independent of the draws'); the draws wait
+# for it. The same job as a draw in every other respect.
+use rule lanczos as deflation_basis with:
+    input:
+        **data_files("train"),
+        checkpoint=checkpoint_file("{step}"),
+        card=LAYOUT.dataset_card,
+        checkpoint_record=LAYOUT.checkpoint_record,
+    output:
+        **basis_files("{step}"),
+    log:
+        log_file("deflation_basis/{operator}/{block}/step_{step}"),
+    benchmark:
+        benchmark_file("deflation_basis/{operator}/{block}/step_{step}")
+    params:
+        num_steps=DEFLATION_STEPS,
