@@ -31,7 +31,7 @@ BLOCKED = ("tensorflow", "keras", "snakemake", "sklearn", "h5py")
 
 TENSORFLOW_FREE = (
     "lanczos", "density", "artifacts", "layout", "plots", "reproduce", "papercode", "export", "download",
-    "sanity", "integrity", "eigenpairs", "deflation",
+    "sanity", "integrity", "eigenpairs", "deflation", "outliers",
 )
 # May import TensorFlow or Keras (the `tensorflow` extra); some do so only inside functions.
 TENSORFLOW_LAYER = (
@@ -211,6 +211,19 @@ COMPUTATIONS = {
         RESULT = {"nodes": nodes.tolist(), "top_weight": float(weights[-1]), "total": float(weights.sum()),
                   "product": (DeflatedOperator(a, y) @ np.ones(6)).tolist()}
     """,
+    # A bulk of 40 eigenvalues in [0, 1] and one at 10: one outlier, in every draw; a gradient
+    # e_0 + e_40 has half its squared norm along the outlier's eigenvector e_40.
+    "outliers": """
+        import numpy as np
+        from hessflow.lanczos import lanczos
+        from hessflow.outliers import find_outliers_in_tridiags, gradient_fraction_in_span
+        a = np.diag(np.concatenate([np.linspace(0.0, 1.0, 40), [10.0]]))
+        found = find_outliers_in_tridiags([lanczos(a, num_steps=20, seed=d).tridiag for d in range(3)], 41)
+        gradient = np.zeros(41)
+        gradient[[0, 40]] = 1.0
+        RESULT = {"values": found.values.tolist(), "count": found.count,
+                  "fraction": gradient_fraction_in_span(gradient, np.eye(41)[:, 40:])}
+    """,
     "hessflow": """
         import hessflow
         RESULT = {"version": hessflow.__version__}
@@ -342,6 +355,12 @@ def check_deflation(result):
     assert result["top_weight"] == pytest.approx(1 / 6, abs=1e-15)
     assert result["total"] == pytest.approx(1.0, abs=1e-14)
     np.testing.assert_allclose(result["product"], [1.0, 2.0, 3.0, 4.0, 5.0, 0.0], rtol=0, atol=1e-15)
+
+
+def check_outliers(result):
+    assert result["count"] == 1
+    np.testing.assert_allclose(result["values"], [10.0], rtol=1e-10)
+    assert result["fraction"] == pytest.approx(0.5, abs=1e-15)
 
 
 def check_hessflow(result):

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from hessflow.lanczos import _lanczos, lanczos, start_vector
+import hessflow.lanczos
+from hessflow.lanczos import NEAR_BREAKDOWN_TOL, _lanczos, health_warnings, lanczos, start_vector
 
 
 def symmetric_with_spectrum(eigenvalues, seed=0):
@@ -540,3 +541,114 @@ def test_invalid_probe_or_start_is_refused_naming_it(kwargs, error, message):
     if "probe" in kwargs:
         with pytest.raises(error, match=message):
             start_vector(5, 0, **kwargs)
+
+
+# -- health diagnostics: orthogonality loss and near-breakdown ----------------------------------
+def max_abs_orthogonality_loss(vectors):
+    """max |V^T V - I|, the entry-wise form LanczosResult.orthogonality_loss reports."""
+    return np.max(np.abs(vectors.T @ vectors - np.eye(vectors.shape[1])))
+
+
+def outliers_matrix():
+    """n = 103: eigenvalues 1, 2, .., 100 and the well-separated outliers 150, 200, 300."""
+    return symmetric_with_spectrum(np.concatenate([np.arange(1.0, 101.0), [150.0, 200.0, 300.0]]), seed=50)
+
+
+def plain_recurrence(a, num_steps, seed):
+    """The three-term recurrence without reorthogonalization (gram_schmidt_passes=0)."""
+    return _lanczos(
+        lambda v: a @ v, a.shape[0], num_steps, seed, True,
+        state_file=None, save_every=None, progress=None, breakdown_tol=1e-10, gram_schmidt_passes=0,
+    )
+
+
+def test_orthogonality_loss_is_the_max_abs_entry_of_gram_minus_identity():
+    a = random_symmetric(120, seed=44)
+    result = lanczos(a, num_steps=60, seed=45)
+    assert isinstance(result.orthogonality_loss, float)
+    assert result.orthogonality_loss == max_abs_orthogonality_loss(result.vectors)
+    assert 0 < result.orthogonality_loss < 1e-14
+
+
+def test_orthogonality_loss_in_row_blocks_matches_the_whole_gram_matrix(monkeypatch):
+    # Blocks of 7 rows of V^T V (the path of very long runs) instead of one: the same maximum, up to
+    # the rounding of a differently ordered BLAS product (~1e-16 per entry).
+    plain = plain_recurrence(outliers_matrix(), 40, seed=51)  # a loss of O(1), on off-diagonal entries
+    healthy = lanczos(random_symmetric(120, seed=44), num_steps=60, seed=45)
+    monkeypatch.setattr(hessflow.lanczos, "GRAM_BLOCK_ENTRIES", 7 * 60)
+    for result in (plain, healthy):
+        blockwise = hessflow.lanczos._orthogonality_loss(result.vectors)
+        assert blockwise == pytest.approx(result.orthogonality_loss, rel=1e-12, abs=1e-15)
+
+
+def test_min_beta_is_the_smallest_off_diagonal_and_relative_to_the_norm_estimate():
+    a = random_symmetric(80, seed=46)
+    result = lanczos(a, num_steps=30, seed=47)
+    assert result.min_beta == result.beta.min()
+    norm_estimate = max(np.abs(result.alpha).max(), result.beta.max())
+    assert result.relative_min_beta == result.min_beta / norm_estimate
+    assert norm_estimate <= np.linalg.norm(a, 2)
+
+
+def test_a_one_step_run_has_infinite_min_beta_and_no_warning():
+    result = lanczos(np.diag([2.0, 1.0, -1.0]), num_steps=1, seed=0)
+    assert result.beta.size == 0
+    assert result.min_beta == np.inf and result.relative_min_beta == np.inf
+    assert health_warnings(result) == []
+
+
+def test_diagnostics_do_not_need_keep_vectors():
+    a = random_symmetric(60, seed=48)
+    with_vectors = lanczos(a, num_steps=25, seed=49)
+    without = lanczos(a, num_steps=25, seed=49, keep_vectors=False)
+    assert without.vectors is None
+    assert without.orthogonality_loss == with_vectors.orthogonality_loss
+    assert without.min_beta == with_vectors.min_beta
+
+
+def test_healthy_runs_have_no_health_warnings():
+    for n, m, seed in [(50, 50, 0), (200, 60, 2)]:
+        assert health_warnings(lanczos(random_symmetric(n, seed), num_steps=m, seed=seed)) == []
+    # A breakdown on an invariant Krylov space is a clean stop, not a warning.
+    stopped = lanczos(symmetric_with_spectrum(np.repeat([-1.0, 0.5, 2.0], 20), seed=15), num_steps=10, seed=16)
+    assert stopped.stopped_early and health_warnings(stopped) == []
+
+
+def test_run_without_reorthogonalization_is_caught_by_orthogonality_loss():
+    # The plain recurrence loses orthogonality as soon as the outliers' Ritz values converge (it then
+    # reports 300 four times: ghosts); two Gram-Schmidt passes keep V orthonormal to rounding.
+    a = outliers_matrix()
+    plain = plain_recurrence(a, 80, seed=51)
+    default = lanczos(a, num_steps=80, seed=51)
+    assert plain.orthogonality_loss > 1e-3
+    assert default.orthogonality_loss < 1e-12
+    warnings_found = health_warnings(plain)
+    assert len(warnings_found) == 1 and "lost orthogonality" in warnings_found[0]
+    assert f"{plain.orthogonality_loss:.3g}" in warnings_found[0]
+    assert health_warnings(default) == []
+
+
+def test_near_breakdown_gives_tiny_min_beta_and_a_warning_naming_the_step():
+    # Few distinct eigenvalues, tightly clustered (see clustered_matrix): b_9 ~ 1e-8 ||A||, above
+    # the breakdown tolerance, so the run goes on, past a nearly invariant Krylov space.
+    result = lanczos(clustered_matrix(), num_steps=40, seed=12)
+    assert not result.stopped_early
+    assert result.relative_min_beta < 1e-7 < NEAR_BREAKDOWN_TOL
+    assert result.min_beta == result.beta[8]  # b_9
+    warnings_found = health_warnings(result)
+    assert len(warnings_found) == 1 and "near-breakdown at Lanczos step 9" in warnings_found[0]
+    assert health_warnings(result, near_breakdown_tol=1e-9) == []
+
+
+def test_resumed_run_reports_the_diagnostics_of_an_uninterrupted_one(tmp_path):
+    a = clustered_matrix()  # a non-trivial min_beta (b_9) and orthogonality loss
+    state_file = tmp_path / "health.state.npz"
+    uninterrupted = lanczos(a, num_steps=30, seed=(5, 6))
+    with pytest.raises(KeyboardInterrupt):
+        lanczos(CountingOperator(a, fail_on_call=23), 300, 30, seed=(5, 6), state_file=state_file, save_every=10)
+    resumed = lanczos(a, num_steps=30, seed=(5, 6), state_file=state_file, save_every=10, keep_vectors=False)
+    assert resumed.resumed_from == 20
+    assert resumed.orthogonality_loss == uninterrupted.orthogonality_loss
+    assert resumed.min_beta == uninterrupted.min_beta
+    assert resumed.relative_min_beta == uninterrupted.relative_min_beta
+    assert health_warnings(resumed) == health_warnings(uninterrupted)

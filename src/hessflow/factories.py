@@ -50,6 +50,7 @@ MODEL_ALIASES = {
     "small_cnn": "hessflow.models:small_cnn",
     "mlp": "hessflow.models:mlp",
     "resnet32": "hessflow.models:resnet32",
+    "vgg": "hessflow.models:vgg",
 }
 DATA_ALIASES = {
     "digits": "hessflow.data:digits",

@@ -47,6 +47,28 @@ Cost: exactly one operator application per step (``m`` for ``m`` steps -- the
 paper's code spent one extra), ``O(dim * j)`` flops per step for the
 reorthogonalization, and ``dim * m`` float64 numbers of memory for ``V``, which
 full reorthogonalization needs in any case.
+
+Health diagnostics: every run ends by measuring, on the ``m`` vectors it holds
+(also with ``keep_vectors=False``, and identically after a resume),
+
+- ``orthogonality_loss = max_ij |(V^T V - I)_ij|``, the largest entry, in absolute
+  value, of the Gram matrix's departure from the identity: the worst cosine between two
+  Lanczos vectors or the worst departure of a squared norm from 1 (Simon's semi-orthogonality
+  is stated on these entries). It bounds the 2-norm within a factor ``m``:
+  ``orthogonality_loss <= ||V^T V - I||_2 <= m * orthogonality_loss``. With two
+  Gram-Schmidt passes it is rounding, about ``1e-16 * sqrt(m)`` to ``1e-15 * sqrt(m)``;
+  the plain three-term recurrence drives it to ``O(1)`` as soon as a Ritz value converges.
+  Cost: one pass over ``V`` computing the upper triangle of ``V^T V`` blockwise, about
+  ``m^2 dim`` flops (a quarter of the ``~ 4 m^2 dim`` of the two-pass reorthogonalization, no
+  operator application) and at most :data:`GRAM_BLOCK_ENTRIES` extra float64 numbers of memory;
+- ``min_beta``, the smallest off-diagonal ``b_j`` of ``T`` (``inf`` when ``m == 1``), and
+  its relative form ``relative_min_beta = min_beta / max(|a_i|, b_i)``, the denominator
+  being the lower bound on ``||A||`` that the breakdown test uses. A ``b_j`` small relative
+  to ``||A||`` but above the breakdown tolerance is a near-breakdown: the next vector
+  ``w / b_j`` is dominated by rounding.
+
+:func:`health_warnings` turns them into messages, with the thresholds
+:data:`ORTHOGONALITY_LOSS_TOL` and :data:`NEAR_BREAKDOWN_TOL` (justified there).
 """
 
 from __future__ import annotations
@@ -65,7 +87,16 @@ from scipy.sparse.linalg import LinearOperator
 
 from .artifacts import atomic_write
 
-__all__ = ["PROBES", "LanczosResult", "lanczos", "start_vector", "tridiagonal_matrix"]
+__all__ = [
+    "NEAR_BREAKDOWN_TOL",
+    "ORTHOGONALITY_LOSS_TOL",
+    "PROBES",
+    "LanczosResult",
+    "health_warnings",
+    "lanczos",
+    "start_vector",
+    "tridiagonal_matrix",
+]
 
 Seed = int | Sequence[int]
 Matvec = Callable[[np.ndarray], np.ndarray]
@@ -91,6 +122,35 @@ PROBES = ("gaussian", "rademacher")
 #: An explicit ``start`` vector must have norm 1 within this (see :func:`lanczos`).
 START_NORM_TOL = 1e-8
 
+#: :func:`health_warnings` flags ``orthogonality_loss`` (``max |V^T V - I|``) above this.
+#: It is ``~ sqrt(eps)`` (``eps = 2.2e-16``, ``sqrt(eps) = 1.5e-8``), Simon's semi-orthogonality
+#: level (H. D. Simon, "The Lanczos algorithm with partial reorthogonalization", Math. Comp. 42,
+#: 1984): while every ``|v_i^T v_j|`` stays below it, the computed ``T`` is, to working precision,
+#: the projection of ``A`` onto an orthonormal basis of the Krylov space, so its Ritz values and
+#: Gauss quadrature weights mean what they should. Above it nothing guarantees that, and the
+#: typical failure is ghosts: spurious extra copies of converged eigenvalues, which split their
+#: quadrature weight and look like extra outliers in a density. Full reorthogonalization sits
+#: at ``~ 1e-15 sqrt(m)`` (below ``1e-13`` for ``m <= 10^4``), five orders lower, so exceeding
+#: this is never rounding: the reorthogonalization failed (or the basis was corrupted).
+ORTHOGONALITY_LOSS_TOL = 1e-8
+
+#: :func:`health_warnings` flags a near-breakdown when ``relative_min_beta`` (the smallest
+#: ``b_j`` over ``max(|a_i|, b_i)``, a lower bound on ``||A||``) is below this. The next vector
+#: ``v_(j+1) = w / b_j`` then carries the rounding left in ``w`` magnified by ``||A|| / b_j``,
+#: and the default Hessian-vector product computes in float32 (relative rounding ``~ 1.2e-7``):
+#: below ``1e-6``, within a factor 10 of that rounding, the steps after ``j`` are driven largely
+#: by the operator's rounding rather than by ``A`` acting on the start vector, so the Ritz values
+#: the tail of ``T`` adds are not reproducible (they carry little quadrature weight, of order
+#: ``(b_j / gap)^2``, so a smoothed density mostly survives). Four orders above the default
+#: breakdown tolerance (``1e-10``), which ends a run on a cleanly invariant Krylov space: the band
+#: in between is neither a clean stop nor a healthy continuation. For a float64 operator the
+#: warning is conservative.
+NEAR_BREAKDOWN_TOL = 1e-6
+
+#: The orthogonality check computes ``V^T V`` in row blocks of at most this many float64 entries
+#: (8 MiB), so that it never needs an ``m x m`` array for very long runs.
+GRAM_BLOCK_ENTRIES = 2**20
+
 
 @dataclass(frozen=True, eq=False)
 class LanczosResult:
@@ -112,6 +172,15 @@ class LanczosResult:
         resumed_from: the number of steps loaded from the state file, or ``None`` for a fresh run.
         discarded_state: why a state file found at the start was not resumed (it belonged to
             another run or operator: the differing keys, old and new values), or ``None``.
+        orthogonality_loss: float64, ``max_ij |(V^T V - I)_ij|`` over the ``m`` Lanczos vectors
+            (the max-abs entry; ``||V^T V - I||_2`` lies between it and ``m`` times it). Measured
+            at the end of every run, resumed or not, also with ``keep_vectors=False``. Healthy:
+            ``~ 1e-15 sqrt(m)``; above :data:`ORTHOGONALITY_LOSS_TOL` (``1e-8``) the Ritz values
+            may include ghosts and the quadrature weights are unreliable. ``nan`` only in a
+            result built by hand without it.
+        min_beta: float64, the smallest off-diagonal ``b_j`` of ``T`` (``beta.min()``); ``inf``
+            when ``m == 1`` (no off-diagonal: nothing can nearly break down). See also
+            ``relative_min_beta``. ``nan`` only in a result built by hand without it.
     """
 
     alpha: np.ndarray
@@ -122,6 +191,16 @@ class LanczosResult:
     num_matvecs: int
     resumed_from: int | None
     discarded_state: str | None = None
+    orthogonality_loss: float = float("nan")
+    min_beta: float = float("nan")
+
+    @property
+    def relative_min_beta(self) -> float:
+        """``min_beta / max(max|alpha|, max beta)``: the smallest ``b_j`` relative to the lower
+        bound on ``||A||`` that the breakdown test uses; ``inf`` when ``m == 1``."""
+        if self.beta.size == 0:
+            return float("inf")
+        return float(self.min_beta / max(np.max(np.abs(self.alpha)), np.max(self.beta)))
 
     @property
     def num_steps(self) -> int:
@@ -375,7 +454,9 @@ def lanczos(
     Returns:
         A `LanczosResult`: ``tridiag`` (m, m), ``alpha`` (m,), ``beta`` (m-1,), ``vectors``
         (dim, m) or None, ``residual_norm``, ``stopped_early``, ``num_matvecs``,
-        ``resumed_from``, ``discarded_state``. ``m == num_steps`` unless ``stopped_early``.
+        ``resumed_from``, ``discarded_state``, and the health diagnostics ``orthogonality_loss``
+        and ``min_beta`` (``relative_min_beta``; see :func:`health_warnings`), measured on all
+        ``m`` vectors whatever ``keep_vectors`` is. ``m == num_steps`` unless ``stopped_early``.
 
     Raises:
         FloatingPointError: if ``matvec`` returns NaN or Inf (naming the step).
@@ -433,7 +514,10 @@ def _lanczos(
     """:func:`lanczos` with the number of Gram-Schmidt passes as a parameter.
 
     ``gram_schmidt_passes=1`` exists only to demonstrate (in the tests) why the
-    public function uses two.
+    public function uses two; ``gram_schmidt_passes=0`` is the plain three-term recurrence
+    without any reorthogonalization (``w = A v_j - b_(j-1) v_(j-1)``, ``a_j = v_j^T w``,
+    ``w -= a_j v_j``; Paige's variant), which exists only to show what the health
+    diagnostics catch.
     """
     dim, num_steps = _check_sizes(dim, num_steps)
     if not breakdown_tol >= 0.0:
@@ -491,8 +575,14 @@ def _lanczos(
         basis[:, j] = next_vector
         w = _apply_operator(matvec, basis[:, j], dim, step=j + 1)
         num_matvecs += 1
-        w, coefficients = _orthogonalize(w, basis[:, : j + 1], gram_schmidt_passes)
-        alpha[j] = coefficients[j]
+        if gram_schmidt_passes == 0:  # the plain recurrence (tests only; see the docstring)
+            if j > 0:
+                w -= residual_norms[j - 1] * basis[:, j - 1]
+            alpha[j] = basis[:, j] @ w
+            w -= alpha[j] * basis[:, j]
+        else:
+            w, coefficients = _orthogonalize(w, basis[:, : j + 1], gram_schmidt_passes)
+            alpha[j] = coefficients[j]
         residual_norms[j] = np.linalg.norm(w)
         steps_done = j + 1
 
@@ -510,9 +600,12 @@ def _lanczos(
             )
 
     m = steps_done
+    # The diagnostics use the whole basis, which is in memory whether or not it is returned, and
+    # after a resume it is bit-identical to an uninterrupted run's: so are they.
+    beta = residual_norms[: m - 1].copy()
     return LanczosResult(
         alpha=alpha[:m].copy(),
-        beta=residual_norms[: m - 1].copy(),
+        beta=beta,
         # A view, not a copy: the basis can be gigabytes, and nothing else holds it.
         vectors=basis[:, :m] if keep_vectors else None,
         residual_norm=float(residual_norms[m - 1]),
@@ -520,7 +613,84 @@ def _lanczos(
         num_matvecs=num_matvecs,
         resumed_from=resumed_from,
         discarded_state=discarded,
+        orthogonality_loss=_orthogonality_loss(basis[:, :m]),
+        min_beta=float(np.min(beta, initial=np.inf)),
     )
+
+
+def _orthogonality_loss(vectors: np.ndarray) -> float:
+    """``max_ij |(V^T V - I)_ij|`` of ``vectors`` (dim, m), from the upper triangle of ``V^T V``.
+
+    Row blocks of at most :data:`GRAM_BLOCK_ENTRIES` entries: ``V[:, s:e]^T V[:, s:]``, about
+    ``m^2 dim`` flops in all, no copy of ``V``.
+    """
+    m = vectors.shape[1]
+    block = max(1, min(m, GRAM_BLOCK_ENTRIES // m))
+    loss = 0.0
+    for first in range(0, m, block):
+        last = min(first + block, m)
+        gram = vectors[:, first:last].T @ vectors[:, first:]
+        diagonal = np.arange(last - first)
+        gram[diagonal, diagonal] -= 1.0
+        loss = max(loss, float(np.max(np.abs(gram, out=gram))))
+    return loss
+
+
+def health_warnings(
+    result: LanczosResult,
+    *,
+    orthogonality_tol: float = ORTHOGONALITY_LOSS_TOL,
+    near_breakdown_tol: float = NEAR_BREAKDOWN_TOL,
+) -> list[str]:
+    """Human-readable warnings for a suspect Lanczos run; ``[]`` when it is healthy.
+
+    Checks, with the thresholds justified at :data:`ORTHOGONALITY_LOSS_TOL` and
+    :data:`NEAR_BREAKDOWN_TOL`:
+
+    - ``result.orthogonality_loss > orthogonality_tol`` (or not finite, i.e. not measured): the
+      Lanczos vectors are not orthonormal, so ``T`` is not the projection it stands for; its
+      Ritz values may include ghosts and its quadrature weights are unreliable;
+    - ``result.relative_min_beta < near_breakdown_tol``: a near-breakdown, after which the tail
+      of ``T`` is driven by rounding.
+
+    A run that ``stopped_early`` on an invariant Krylov space is healthy (its last ``b_m``, the
+    ``residual_norm``, is not part of ``T``); so is a small ``residual_norm`` at the end of a full
+    run, which means converged Ritz values.
+
+    Args:
+        result: a :class:`LanczosResult` from :func:`lanczos`.
+        orthogonality_tol: the largest acceptable ``max |V^T V - I|``.
+        near_breakdown_tol: the smallest acceptable ``min_j b_j / max(|a_i|, b_i)``.
+
+    Returns:
+        list of str, one message per problem found, each naming the diagnostic, its value and
+        the threshold.
+    """
+    messages = []
+    loss = result.orthogonality_loss
+    if not np.isfinite(loss):
+        messages.append(
+            f"orthogonality_loss is {loss!r}: the orthogonality of the Lanczos vectors was not measured, "
+            "so the Ritz values and quadrature weights cannot be trusted as they stand"
+        )
+    elif loss > orthogonality_tol:
+        messages.append(
+            f"Lanczos vectors lost orthogonality: orthogonality_loss = max|V^T V - I| = {loss:.3g} > "
+            f"{orthogonality_tol:.3g} (full reorthogonalization keeps it near 1e-15 sqrt(m)); T is not the "
+            "projection of the operator onto an orthonormal basis, so its Ritz values may include spurious "
+            "copies (ghosts) of converged eigenvalues and the quadrature weights are unreliable"
+        )
+    relative = result.relative_min_beta
+    if relative < near_breakdown_tol:
+        step = int(np.argmin(result.beta)) + 1
+        messages.append(
+            f"near-breakdown at Lanczos step {step}: min_beta = b_{step} = {result.min_beta:.3g}, "
+            f"{relative:.3g} times the norm estimate max(|a_i|, b_i), below {near_breakdown_tol:.3g}: the Krylov "
+            f"space was nearly invariant, so the steps after {step} are driven by rounding (the operator's "
+            "included: ~1e-7 relative for a float32 Hessian-vector product) and the Ritz values of the tail of T "
+            "are not reproducible (they carry little quadrature weight)"
+        )
+    return messages
 
 
 def _check_sizes(dim: int, num_steps: int) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Keras 3 models: the paper's CIFAR-10 ResNet-32 and small models for exact-Hessian validation.
+"""Keras 3 models: the paper's CIFAR-10 ResNet-32 and VGG, and small models for exact-Hessian
+validation.
 
 Conventions shared by every builder:
 
@@ -208,6 +209,146 @@ def resnet32(input_shape=(32, 32, 3), num_classes: int = 10, dtype: str = "float
 
 
 # ================================================================================================
+# VGG of the paper
+# ================================================================================================
+VGG_POOL = "P"  # a 2x2 max pool (stride 2, 'valid') in a ``widths`` list
+VGG_WIDTHS = (64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P")
+VGG_DENSE = 256
+VGG_DROPOUT = 0.5
+VGG_BATCH_NORM_MOMENTUM = 0.99  # TF1 tf.layers.batch_normalization's default, as the paper's VGG
+VGG_NUM_PARAMS = 9_359_882  # CIFAR-10, batch norm on
+VGG_NUM_PARAMS_NO_BN = 9_354_378  # CIFAR-10, batch norm off
+
+
+def _check_vgg_args(input_shape, widths, dense: int, dropout: float) -> None:
+    if not widths or not any(w != VGG_POOL for w in widths):
+        raise ValueError(f"widths must hold at least one convolution width, got {tuple(widths)}")
+    for w in widths:
+        if w != VGG_POOL and (isinstance(w, bool) or not isinstance(w, int | np.integer) or w < 1):
+            raise ValueError(f"widths entries must be integers >= 1 or {VGG_POOL!r} (a 2x2 max pool), "
+                             f"got {w!r} in {tuple(widths)}")
+    pools = sum(1 for w in widths if w == VGG_POOL)
+    height, width = (int(d) for d in input_shape[:2])
+    if height >> pools < 1 or width >> pools < 1:
+        raise ValueError(
+            f"{pools} 2x2 max pools do not fit {height}x{width} inputs (each halves the size, rounding "
+            f"down); use at most {min(height, width).bit_length() - 1}")
+    if isinstance(dense, bool) or not isinstance(dense, int | np.integer) or dense < 1:
+        raise ValueError(f"dense must be an integer >= 1, got {dense!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def vgg(input_shape=(32, 32, 3), num_classes: int = 10, widths=VGG_WIDTHS, dense: int = VGG_DENSE,
+        dropout: float = VGG_DROPOUT, batch_norm: bool = True, conv_bias: bool = True,
+        dtype: str = "float32", seed: int = 0) -> keras.Model:
+    """The CIFAR-10 VGG of Ghorbani et al. (2019), as in google/spectral-density
+    (``experiments/vgg_model.py``, ``VGG._build_model`` and ``_conv2d_bn``).
+
+    Layout, for each entry of ``widths``: an integer f is a 3x3 convolution with f filters (stride 1,
+    'same' padding, with bias) -> batch norm (if ``batch_norm``) -> ReLU; ``"P"`` is a 2x2 max pool,
+    stride 2, 'valid' padding. Then flatten -> dense ``dense`` units with bias and ReLU (``fc_1``) ->
+    dropout ``dropout`` -> dense ``num_classes`` with bias (``logits``). The defaults are the paper
+    code's: conv 64-P-128-P-256-256-P-512-512-P-512-512-P (a VGG-11 / "VGG-A" feature stack), one
+    256-unit hidden layer (its ``vgg_fc_size`` flag) instead of VGG's two 4096-unit ones, dropout 0.5
+    (``vgg_use_dropout``), batch norm on (``vgg_use_batch_norm``); ``batch_norm=False`` is the
+    paper's other VGG. Batch norm before the ReLU, epsilon 1e-3, momentum 0.99 (TF1
+    ``tf.layers.batch_normalization``'s defaults; the ResNet's BN uses 0.9), trainable gamma and
+    beta. Initializers as in the paper code (TF1 ``tf.layers`` defaults): Glorot-uniform kernels,
+    zero biases. The paper trains it with weight decay 5e-5, momentum 0.9, batch 128, learning rate
+    0.1 cut tenfold at steps 20,000 and 100,000 (``experiments/cifar_train.py``): the run's config.
+
+    A narrow variant for demo scale comes from ``widths`` and ``dense``, e.g. scikit-learn's digits
+    (8x8x1: at most 3 pools): ``widths=(8, "P", 16, "P", 32, "P"), dense=32``.
+
+    Departures from the paper code, and why:
+
+    - Dropout is active only in training (``model(x, training=True)`` in the training step, a new
+      mask every step). Every Hessian and Gauss-Newton pass runs it as the identity, in both
+      batch-norm modes (``hessflow.noise.noise_layers_off``), so the operator is that of a
+      deterministic objective, equal to that of the same weights without the layer. The paper
+      code's ``lanczos`` mode builds its graph in ``'train'`` mode (``is_train=True``), in which
+      ``tf.layers.dropout`` would draw a fresh mask at every product (that branch builds the ResNet
+      whatever ``--model`` says: no VGG Hessian path was published to compare with).
+    - Weight decay: hessflow decays the conv and dense kernels only (:func:`decayed_variable_mask`,
+      the ResNet code's convention); the paper's VGG adds ``weight_decay * tf.nn.l2_loss`` of every
+      trainable variable, biases and batch-norm gamma/beta included. On the Hessian that is
+      ``weight_decay`` (5e-5) less on those coordinates; ``HessianOperator(decay_mask=...)`` with all
+      True gives the paper's objective.
+    - Not a departure, a consequence: with batch norm, the conv bias the paper code keeps is
+      cancelled by the mean subtraction in ``train`` mode, so its coordinates are exactly flat
+      directions of the loss: a ``batch_norm: train`` Hessian has a zero eigenvalue for each conv
+      channel (sum of the conv widths: 2,752 here, 56 for the digits variant; the paper's decay
+      would put them at 5e-5). ``conv_bias=False`` drops them, as :func:`small_cnn` does with
+      batch norm.
+    - Logits out, no softmax (the package's convention); the paper applies softmax cross-entropy to
+      the same logits. Layer names: ``conv_i``, ``bn_i``, ``relu_i``, ``pool_j``, ``fc_1``,
+      ``dropout``, ``logits`` (the paper's ``conv2d_i``, ``bn_i``, ``fc_1``, ``fc_2``), so that
+      ``hessian.blocks`` patterns such as ``^logits/`` mean the same as for the other models.
+
+    Trainable parameters, with C_0 = input channels, the conv widths f_1..f_L (C_l = f_l), the final
+    feature map H_P x W_P (H_P = floor(H / 2^P) for P pools), D = ``dense``, K classes and b = 1 with
+    conv bias (0 without):
+    sum_l (9 * C_{l-1} * f_l + b * f_l) + (H_P * W_P * f_L * D + D) + (D * K + K) without BN, plus
+    2 * sum_l f_l with BN (gamma, beta).
+    CIFAR-10 (32, 32, 3), the defaults: 9,217,728 (conv kernels) + 2,752 (conv biases) + 131,328
+    (fc_1) + 2,570 (logits) = 9,354,378 without BN, 9,359,882 with BN (+5,504).
+    Digits (8, 8, 1), widths (8, "P", 16, "P", 32, "P"), dense 32: 5,832 + 56 + 1,056 + 330 = 7,274
+    without BN, 7,386 with BN (+112).
+
+    Args:
+        input_shape: (H, W, C) of one image.
+        num_classes: logits per example.
+        widths: conv widths and ``"P"`` (2x2 max pool) entries, in order.
+        dense: units of the hidden dense layer.
+        dropout: dropout rate before the last dense layer; 0 leaves the layer out.
+        batch_norm: batch norm between each convolution and its ReLU.
+        conv_bias: whether the convolutions have a bias (the paper code's do, with or without BN).
+        dtype: "float32" or "float64", for the input and every layer.
+        seed: initializer and dropout seed; the same seed gives identical weights, whatever
+            ``dropout`` is (the dropout seed is drawn after every initializer's).
+
+    Returns:
+        uncompiled ``keras.Model``: (N, H, W, C) -> logits (N, num_classes).
+    """
+    _check_common_args(input_shape, num_classes, dtype)
+    _check_vgg_args(input_shape, widths, dense, dropout)
+    seeds = _SeedStream(seed)
+    inputs = keras.Input(shape=tuple(input_shape), dtype=dtype, name="images")
+    x = inputs
+    conv_index = pool_index = 0
+    for width in widths:
+        if width == VGG_POOL:
+            pool_index += 1
+            x = keras.layers.MaxPooling2D(
+                pool_size=2, strides=2, padding="valid", dtype=dtype, name=f"pool_{pool_index}")(x)
+            continue
+        conv_index += 1
+        x = keras.layers.Conv2D(
+            int(width), 3, strides=1, padding="same", use_bias=conv_bias,
+            kernel_initializer=_glorot_uniform(seeds.next()), bias_initializer="zeros",
+            dtype=dtype, name=f"conv_{conv_index}")(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(
+                momentum=VGG_BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, center=True, scale=True,
+                dtype=dtype, name=f"bn_{conv_index}")(x)
+        x = keras.layers.ReLU(dtype=dtype, name=f"relu_{conv_index}")(x)
+    x = keras.layers.Flatten(dtype=dtype, name="flatten")(x)
+    fc_initializer = _glorot_uniform(seeds.next())
+    logits_initializer = _glorot_uniform(seeds.next())
+    dropout_seed = seeds.next()  # last: the weights do not depend on whether there is dropout
+    x = keras.layers.Dense(
+        int(dense), activation="relu", kernel_initializer=fc_initializer, bias_initializer="zeros",
+        dtype=dtype, name="fc_1")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(float(dropout), seed=dropout_seed, dtype=dtype, name="dropout")(x)
+    logits = keras.layers.Dense(
+        num_classes, kernel_initializer=logits_initializer, bias_initializer="zeros", dtype=dtype,
+        name="logits")(x)
+    return keras.Model(inputs, logits, name="vgg")
+
+
+# ================================================================================================
 # Small models (exact Hessian feasible)
 # ================================================================================================
 def _activation(x, activation: str, dtype: str, name: str):
@@ -295,13 +436,14 @@ def small_cnn(input_shape=(8, 8, 1), num_classes: int = 10, filters=(8, 16), str
 # ================================================================================================
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "resnet32": resnet32,
+    "vgg": vgg,
     "mlp": mlp,
     "small_cnn": small_cnn,
 }
 
 
 def build_model(name: str, **kwargs) -> keras.Model:
-    """Build a registered model by name (``"resnet32"``, ``"mlp"``, ``"small_cnn"``);
+    """Build a registered model by name (``"resnet32"``, ``"vgg"``, ``"mlp"``, ``"small_cnn"``);
     ``kwargs`` go to its builder."""
     try:
         builder = MODEL_BUILDERS[name]
