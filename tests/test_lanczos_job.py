@@ -119,3 +119,23 @@ def test_progress_estimate_leaves_out_the_first_step_which_traces():
         report(done, 10)
     assert "no estimate yet" in lines[0]
     assert lines[1].endswith("estimated time left 8.0 s") and lines[2].endswith("estimated time left 7.0 s")
+
+
+def test_job_records_lanczos_health_and_the_gradients_share_of_the_top_ritz_spans(tmp_path):
+    from hessflow import hvp
+    from hessflow.eigenpairs import top_ritz_pairs
+    from hessflow.lanczos import lanczos
+    from hessflow.lanczos_job import run_lanczos_job
+
+    spec = lanczos_job_spec(tmp_path, batch_size=50)
+    provenance = run_lanczos_job(spec, log=lambda line: None)
+    _, operator = library_tridiag(spec, hvp.HessianOperator, None, "gaussian")
+    run = lanczos(operator, num_steps=12, seed=(0, 0, 0))
+    assert provenance["orthogonality_loss"] == run.orthogonality_loss < 1e-12
+    assert provenance["min_beta"] == run.beta.min() and provenance["health_warnings"] == []
+    # Independently: project the gradient on an orthonormal basis of the top-j Ritz vectors by QR.
+    _, gradient = operator.loss_and_gradient()
+    ritz_vectors = top_ritz_pairs(run.tridiag, run.vectors, 12).vectors
+    expected = [np.sum((np.linalg.qr(ritz_vectors[:, :j])[0].T @ gradient) ** 2) / (gradient @ gradient)
+                for j in range(1, 13)]
+    np.testing.assert_allclose(provenance["gradient_fractions"], expected, rtol=1e-9, atol=1e-12)

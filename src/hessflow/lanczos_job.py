@@ -159,7 +159,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     import hessflow
     from hessflow import artifacts, checkpoints, data, factories, hvp, integrity, objectives
     from hessflow.deflation import DeflatedOperator, complement_weight, deflated_start_vector
-    from hessflow.lanczos import lanczos
+    from hessflow.lanczos import health_warnings, lanczos
 
     if spec.operator not in OPERATOR_CLASSES:
         raise ValueError(f"Lanczos job spec: operator must be one of {sorted(OPERATOR_CLASSES)}, got {spec.operator!r}")
@@ -236,7 +236,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         operator.dim,
         spec.num_steps,
         seed=seed,
-        keep_vectors="vectors" in spec.outputs,
+        keep_vectors=True,  # held in memory either way; the gradient's fractions need them
         probe=spec.probe,
         start=start_vector,
         state_file=state_file,
@@ -250,6 +250,10 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         log(f"resumed from Lanczos step {result.resumed_from}")
     if result.stopped_early:
         log(f"invariant subspace: stopped early after {result.tridiag.shape[0]} steps")
+    warnings = health_warnings(result)
+    for warning in warnings:
+        log(f"warning: {warning}")
+    fractions = None if spec.deflation is not None else gradient_fractions(result, gradient)
     if not chief:
         if os.path.exists(state_file):
             os.remove(state_file)
@@ -281,6 +285,15 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "deflation": deflation,
         # b_m: with the last row of T's eigenvectors, each Ritz value's a-posteriori error bound.
         "residual_norm": float(result.residual_norm),
+        # Lanczos health (hessflow.lanczos.health_warnings): max |V^T V - I| and the smallest b_j.
+        "orthogonality_loss": float(result.orthogonality_loss),
+        # (None for a one-step run, which has no b_j: JSON has no infinity)
+        "min_beta": _finite_or_none(result.min_beta),
+        "relative_min_beta": _finite_or_none(result.relative_min_beta),
+        "health_warnings": warnings,
+        # The full-data gradient's squared-norm fraction in the span of the top j Ritz vectors,
+        # j = 1, 2, ...; None for a deflated draw (its Krylov space lacks the top of the spectrum).
+        "gradient_fractions": fractions,
         "num_examples": operator.num_examples,
         "batch_size": hessian["batch_size"],
         "batch_norm": hessian["batch_norm"],
@@ -315,6 +328,31 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     if os.path.exists(state_file):  # outputs are in place: the resumable state has served
         os.remove(state_file)
     return provenance
+
+
+#: The most Ritz vectors whose span's share of the gradient a job records (``gradient_fractions``).
+GRADIENT_FRACTION_PAIRS = 50
+
+
+def gradient_fractions(result, gradient) -> list[float] | None:
+    """``||Q_j^T g||^2 / ||g||^2`` for the top ``j = 1 .. min(m, GRADIENT_FRACTION_PAIRS)`` Ritz
+    vectors of ``result`` (a `LanczosResult` with vectors), ``g`` the full-data gradient (n,);
+    None for a zero gradient (no direction to measure)."""
+    import numpy as np
+
+    from hessflow.eigenpairs import top_ritz_pairs
+    from hessflow.outliers import gradient_fractions_in_leading_spans
+
+    if not np.any(gradient):
+        return None
+    pairs = top_ritz_pairs(result.tridiag, result.vectors, min(result.tridiag.shape[0], GRADIENT_FRACTION_PAIRS))
+    return gradient_fractions_in_leading_spans(gradient, pairs.vectors).tolist()
+
+
+def _finite_or_none(value: float) -> float | None:
+    import math
+
+    return float(value) if math.isfinite(value) else None
 
 
 def _identity_sha256(identity: dict) -> str:
