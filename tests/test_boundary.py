@@ -31,7 +31,7 @@ BLOCKED = ("tensorflow", "keras", "snakemake", "sklearn", "h5py")
 
 TENSORFLOW_FREE = (
     "lanczos", "density", "artifacts", "layout", "plots", "reproduce", "papercode", "export", "download",
-    "sanity", "integrity", "eigenpairs", "deflation", "outliers",
+    "sanity", "integrity", "eigenpairs", "deflation", "outliers", "uncertainty",
 )
 # May import TensorFlow or Keras (the `tensorflow` extra); some do so only inside functions.
 TENSORFLOW_LAYER = (
@@ -224,6 +224,13 @@ COMPUTATIONS = {
         RESULT = {"values": found.values.tolist(), "count": found.count,
                   "fraction": gradient_fraction_in_span(gradient, np.eye(41)[:, 40:])}
     """,
+    # Two draws of traces 2·2 and 2·3 (n = 2): mean 5, standard error 1, so 5 ± t_{1, 0.975}.
+    "uncertainty": """
+        import numpy as np
+        from hessflow.uncertainty import statistic_intervals
+        values, weights = np.array([[1.0, 3.0], [2.0, 4.0]]), np.full((2, 2), 0.5)
+        RESULT = {"trace": statistic_intervals(values, weights, 2)["trace"]}
+    """,
     "hessflow": """
         import hessflow
         RESULT = {"version": hessflow.__version__}
@@ -361,6 +368,11 @@ def check_outliers(result):
     assert result["count"] == 1
     np.testing.assert_allclose(result["values"], [10.0], rtol=1e-10)
     assert result["fraction"] == pytest.approx(0.5, abs=1e-15)
+
+
+def check_uncertainty(result):
+    half = 12.706204736174698  # Student t, 1 degree of freedom, 0.975 (tables)
+    np.testing.assert_allclose(result["trace"], [5.0 - half, 5.0 + half], rtol=1e-12)
 
 
 def check_hessflow(result):
