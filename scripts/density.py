@@ -1,4 +1,4 @@
-"""Rule density: density.npy (2×grid_len: grid, density) and stats.json for one checkpoint."""
+"""Rule density: density.npy (4×grid_len: grid, density, band) and stats.json for one checkpoint."""
 
 import sys
 
@@ -14,15 +14,20 @@ import numpy as np  # noqa: E402
 from hessflow import artifacts  # noqa: E402
 from hessflow.reproduce import density_and_stats  # noqa: E402  (the same function hessflow-reproduce rebuilds with)
 
-with open(snakemake.input.provenance) as handle:
-    dim = json.load(handle)["dim"]
+provenances = []
+for path in snakemake.input.provenance:  # every draw's, and the basis run's with deflation
+    with open(path) as handle:
+        provenances.append(json.load(handle))
 try:
     # Refuses NaN or Inf in what it would write (density_and_stats): nothing non-finite is kept.
     density, stats = density_and_stats(
-        np.load(snakemake.input.ritz_values), np.load(snakemake.input.ritz_weights), dim, snakemake.params.density
+        np.load(snakemake.input.ritz_values), np.load(snakemake.input.ritz_weights), provenances[0]["dim"],
+        snakemake.params.density, provenances, snakemake.params.gradient_k,
     )
 except ValueError as error:
     sys.exit(f"hessflow: density of checkpoint step {snakemake.wildcards.step}: {error}; nothing written")
-print(stats)
+for warning in stats["health_warnings"]:
+    print(f"warning: step {snakemake.wildcards.step}, {warning}")
+print({key: value for key, value in stats.items() if key != "per_draw"})
 artifacts.save_npy(snakemake.output.density, density)
 artifacts.save_json(snakemake.output.stats, stats)

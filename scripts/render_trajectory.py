@@ -7,6 +7,8 @@ from hessflow.jobs import start_job  # noqa: E402
 
 start_job(snakemake)  # the log (file descriptors 1 and 2 too) and the rule's threads, first
 
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 from hessflow.plots import save_figure  # noqa: E402
@@ -14,6 +16,11 @@ from hessflow.reproduce import trajectory_run_figure  # noqa: E402  (shared with
 
 densities = [np.load(path) for path in snakemake.input.densities]
 wildcards = snakemake.wildcards
+stats = []
+for path in snakemake.input.stats:
+    with open(path) as handle:
+        stats.append(json.load(handle))
 figure = trajectory_run_figure(snakemake.params.steps, densities, snakemake.input.summary,
-                               operator=wildcards.operator, block=wildcards.block)
+                               operator=wildcards.operator, block=wildcards.block, stats=stats,
+                               lr_boundaries=snakemake.params.lr_boundaries)
 save_figure(figure, snakemake.output[0], dpi=snakemake.params.dpi)

@@ -10,7 +10,7 @@ start_job(snakemake)  # the log (file descriptors 1 and 2 too) and the rule's th
 import json  # noqa: E402
 
 from hessflow import artifacts  # noqa: E402
-from hessflow.reproduce import summary_row, summary_table  # noqa: E402  (shared with hessflow-reproduce)
+from hessflow.reproduce import summary_html, summary_row, summary_table  # noqa: E402  (shared with hessflow-reproduce)
 
 
 def load(path):
@@ -30,4 +30,5 @@ if summary["diverged"].any():
     steps = ", ".join(str(step) for step in sorted(set(summary["step"][summary["diverged"]])))
     print(f"hessflow: warning: training diverged by step {steps} (train loss not finite or over 10 times "
           "that of the earliest step; column `diverged` of summary.csv): lower training.learning_rate")
-artifacts.save_text(snakemake.output[0], summary.to_csv(index=False))
+artifacts.save_text(snakemake.output.csv, summary.to_csv(index=False))
+artifacts.save_text(snakemake.output.html, summary_html(summary))

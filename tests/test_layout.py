@@ -149,6 +149,7 @@ def test_reproduce_reads_and_writes_the_layouts_paths():
         "spectrum/hessian/all/step_20/stats.json",
         "figures/hessian/all/density_step_20.png",
         "summary.csv",
+        "summary.html",
         "figures/hessian/all/trajectory.png",
     ]
     assert (reproduce.CONFIG_FILE, reproduce.EXPORT_FILE) == (CONFIG_FILE, EXPORT_FILE)
@@ -181,7 +182,7 @@ def test_reproduce_reads_every_curvature_and_adds_the_curvatures_figures_when_th
         "figures/curvatures_step_10.png",
         "figures/curvatures_step_20.png",
     ]
-    assert len(outputs) == 4 * 5 + 8 + 1 and "summary.csv" in outputs
+    assert len(outputs) == 4 * 5 + 8 + 2 and "summary.csv" in outputs and "summary.html" in outputs
 
 
 # A path component of the run folder, spelled in a string literal: the layout's job alone (a job

@@ -493,6 +493,11 @@ def test_report_html_builds_offline_with_the_figure_captions(demo, tmp_path):
     assert "<html" in html.lower()
     assert "log scale" in html  # the density and trajectory captions
     assert "Hessian eigenvalue density at training step" in html
+    # The report sorts labels as strings: padded with figure spaces, they sort as numbers do.
+    labels = {json.loads(f'"{found}"') for found in re.findall(r'"step":\s*"((?:[^"\\]|\\.)*)"', html)}
+    assert {int(label) for label in labels} == set(demo.steps)
+    assert [int(label) for label in sorted(labels)] == sorted(demo.steps)
+    assert "summary.html" in html  # the summary table, which the report shows (a CSV it would not)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ about where a file is. Pure Python (no numpy, no TensorFlow, no Snakemake)::
         figures/{o}/{b}/density_step_{s}.png, figures/{o}/{b}/trajectory.png
         figures/curvatures_step_{s}.png      every curvature of a step side by side (if several)
         summary.csv                          one row per curvature and step
+        summary.html                         the same table, for the Snakemake report
         logs/..., benchmarks/...             per-job logs and Snakemake benchmarks (not artifacts)
     results/{run_name}.tar.gz                the export archive (beside the run folder)
 
@@ -130,6 +131,12 @@ class RunLayout:
     @property
     def summary(self) -> str:
         return self.path("summary.csv")
+
+    @property
+    def summary_html(self) -> str:
+        """``summary.csv`` as an HTML table: what the Snakemake report shows (it offers CSV only
+        as a download)."""
+        return self.path("summary.html")
 
     @property
     def archive(self) -> str:

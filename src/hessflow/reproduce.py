@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hessflow import artifacts, integrity
+from hessflow import artifacts, integrity, uncertainty
 from hessflow.deflation import deflated_ritz_measure
 from hessflow.density import density_from_ritz, ritz, summarize
 from hessflow.layout import (
@@ -61,6 +61,7 @@ from hessflow.layout import (
     RunLayout,
     curvatures,
 )
+from hessflow.outliers import find_outliers
 from hessflow.plots import OPERATOR_NAMES, curvatures_figure, density_figure, save_figure, trajectory_figure
 from hessflow.sanity import diverged
 
@@ -79,6 +80,7 @@ __all__ = [
     "main",
     "rebuild",
     "required_inputs",
+    "summary_html",
     "summary_row",
     "summary_table",
     "trajectory_run_figure",
@@ -91,6 +93,9 @@ RELATIVE = RunLayout()
 #: Resolution of the figures (the render rules' ``dpi`` param; the tests check they agree).
 FIGURE_DPI = 150
 
+#: The fixed k of the gradient's share of the top-k Ritz vectors' span (``spectrum.gradient_k``).
+DEFAULT_GRADIENT_K = 10
+
 #: Spectrum statistics copied into summary.csv, in this order.
 SUMMARY_SPECTRUM_COLUMNS = (
     "lambda_max",
@@ -102,6 +107,8 @@ SUMMARY_SPECTRUM_COLUMNS = (
     "std",
     "negative_cutoff",
 )
+#: Statistics whose interval over draws summary.csv has, as ``<name>_lo`` and ``<name>_hi``.
+SUMMARY_INTERVAL_COLUMNS = ("lambda_max", "lambda_min", "negative_mass", "trace")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,22 +155,30 @@ def unpad_ritz(all_values: np.ndarray, all_weights: np.ndarray) -> tuple[list[np
 
 
 def density_and_stats(
-    all_values: np.ndarray, all_weights: np.ndarray, dim: int, density_config: Mapping
+    all_values: np.ndarray, all_weights: np.ndarray, dim: int, density_config: Mapping,
+    provenances: Sequence[Mapping] = (), gradient_k: int = DEFAULT_GRADIENT_K,
 ) -> tuple[np.ndarray, dict]:
-    """``density.npy`` (2 x grid_len: grid, density) and ``stats.json`` of one checkpoint.
+    """``density.npy`` and ``stats.json`` of one checkpoint and curvature.
+
+    ``density.npy`` is (4, grid_len): the grid, the density, and the pointwise confidence band
+    over draws (lower, upper; `hessflow.uncertainty.density_band` at ``confidence_level``, the
+    lower clipped at 0; with one draw, both the density). ``stats.json`` holds the statistics of
+    `hessflow.density.summarize`, ``dim``, each statistic's interval over draws (``<name>_lo``,
+    ``<name>_hi``; None with one draw) and its per-draw values (``per_draw``), the outliers
+    (`hessflow.outliers.find_outliers`: ``outlier_count``, ``outliers``, ``bulk_edges``), the full-data
+    gradient's share of the top Ritz vectors' span for ``k`` = the number of outliers above the
+    bulk and ``k = gradient_k`` (means over the runs whose provenance records
+    ``gradient_fractions``: the draws, or with deflation the basis run), and every Lanczos health
+    warning of ``provenances``.
 
     ``density_config``: the config's ``density`` section (``sigma_squared``, ``grid_len``,
-    ``grid_expand``, ``negative_threshold``); ``dim``: the operator's dimension (provenance).
+    ``grid_expand``, ``negative_threshold``, ``confidence_level``); ``dim``: the operator's dimension.
     """
     values, weights = unpad_ritz(all_values, all_weights)
-    grid, density = density_from_ritz(
-        values,
-        weights,
-        sigma_squared=density_config["sigma_squared"],
-        grid_len=density_config["grid_len"],
-        grid_expand=density_config["grid_expand"],
-    )
-    stats = summarize(values, weights, dim, negative_threshold=density_config["negative_threshold"])
+    settings = {key: density_config[key] for key in ("sigma_squared", "grid_len", "grid_expand")}
+    grid, density = density_from_ritz(values, weights, **settings)
+    threshold = density_config["negative_threshold"]
+    stats = summarize(values, weights, dim, negative_threshold=threshold)
     stats["dim"] = dim
     bad = [key for key, value in stats.items() if not math.isfinite(value)]
     if bad or not np.all(np.isfinite(grid)) or not np.all(np.isfinite(density)):
@@ -172,18 +187,67 @@ def density_and_stats(
             f"non-finite {', '.join(bad) or 'density'} (density config {dict(density_config)}); "
             "check that every density.* value is finite"
         )
-    return np.stack([grid, density]), stats
+    level = density_config.get("confidence_level", uncertainty.DEFAULT_LEVEL)
+    stats |= {"confidence_level": level, "interval_method": uncertainty.DEFAULT_METHOD}
+    lower, upper = density, density
+    if len(values) >= 2:
+        intervals = uncertainty.statistic_intervals(values, weights, dim, negative_threshold=threshold, level=level)
+        _, per_draw = uncertainty.per_draw_densities(values, weights, grid=grid, **settings)
+        lower, upper = uncertainty.density_band(per_draw, level=level)
+        lower = np.maximum(lower, 0.0)  # a density is not negative; t intervals can be
+    else:
+        intervals = {name: (None, None) for name in uncertainty.STATISTICS}
+    for name, (lo, hi) in intervals.items():
+        stats[f"{name}_lo"], stats[f"{name}_hi"] = lo, hi
+    per_draw_stats = uncertainty.per_draw_statistics(values, weights, dim, negative_threshold=threshold)
+    stats["per_draw"] = {name: draws.tolist() for name, draws in per_draw_stats.items()}
+    found = find_outliers(values, weights, dim)
+    stats |= {"outlier_count": found.count, "outliers": found.values.tolist(),
+              "bulk_edges": [found.lower_edge, found.upper_edge]}
+    # k = 0 outliers: no direction, no share of the gradient.
+    fractions = [p["gradient_fractions"] for p in provenances if p.get("gradient_fractions")]
+    stats["gradient_k"] = gradient_k
+    stats["gradient_fraction_outliers"] = _mean_fraction(fractions, len(found.above))
+    stats["gradient_fraction_top_k"] = _mean_fraction(fractions, gradient_k)
+    stats["health_warnings"] = [f"{_run_name(p)}: {warning}" for p in provenances
+                                for warning in p.get("health_warnings", [])]
+    return np.stack([grid, density, lower, upper]), stats
+
+
+def _or_nan(value) -> float:
+    return math.nan if value is None else value
+
+
+def _mean_fraction(fractions: Sequence[Sequence[float]], k: int) -> float | None:
+    """The mean over runs of the gradient's share of the top-``k`` Ritz vectors' span (each run's
+    ``k`` capped at its number of pairs); 0 for ``k = 0``; None when no run recorded fractions."""
+    if not fractions:
+        return None
+    return 0.0 if k == 0 else float(np.mean([f[min(k, len(f)) - 1] for f in fractions]))
+
+
+def _run_name(provenance: Mapping) -> str:
+    draw = provenance.get("draw")
+    return "basis run" if draw == BASIS_DRAW else f"draw {draw}"
 
 
 def summary_row(step: int, stats: Mapping, evaluation: Mapping, provenance: Mapping,
                 operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK) -> dict:
     """One row of ``summary.csv``: the curvature (``operator``, ``block``) and step, the spectrum
     statistics, loss and gradient, accuracies (NaN where the task is not classification)."""
+    missing = math.nan  # a run made before these existed, or one draw (no interval)
     return {
         "operator": operator,
         "block": block,
         "step": step,
         **{key: stats[key] for key in SUMMARY_SPECTRUM_COLUMNS},
+        # The confidence intervals over draws (stats.json's confidence_level).
+        **{f"{key}_{end}": _or_nan(stats.get(f"{key}_{end}"))
+           for key in SUMMARY_INTERVAL_COLUMNS for end in ("lo", "hi")},
+        "outlier_count": stats.get("outlier_count", missing),
+        "gradient_fraction_outliers": _or_nan(stats.get("gradient_fraction_outliers")),
+        "gradient_fraction_top_k": _or_nan(stats.get("gradient_fraction_top_k")),
+        "lanczos_warnings": len(stats.get("health_warnings", [])),
         "num_draws": stats["num_draws"],
         "lanczos_steps": stats["num_steps"],
         "dim": stats["dim"],
@@ -222,6 +286,15 @@ def summary_table(rows: Sequence[Mapping]) -> pd.DataFrame:
     return table
 
 
+def summary_html(table: pd.DataFrame) -> str:
+    """``summary.html``: the summary table as a standalone HTML page (numbers to 6 significant
+    digits; the CSV keeps every digit)."""
+    body = table.to_html(index=False, float_format=lambda value: f"{value:.6g}", na_rep="", border=0)
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>summary</title><style>"
+            "table{border-collapse:collapse;font:13px sans-serif}td,th{padding:2px 8px;text-align:right}"
+            "tr:nth-child(even){background:#f3f3f3}</style></head><body>\n" + body + "\n</body></html>\n")
+
+
 def _curvature_title(operator: str, block: str, what: str, step: int | None = None) -> str:
     """A figure title naming the operator and, unless it is the whole model, the block:
     ``"Hessian eigenvalue density, step 20"``, ``"Gauss-Newton spectrum along training, block conv"``."""
@@ -237,26 +310,44 @@ def density_step_figure(density_array: np.ndarray, stats: Mapping, step: int,
                         operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK):
     """The figure ``figures/{operator}/{block}/density_step_{step}.png`` from ``density.npy`` and
     ``stats.json``; its title names the operator and, unless it is ``all``, the block."""
-    grid, density = density_array
+    grid, density = density_array[:2]
     title = _curvature_title(operator, block, "eigenvalue density", step)
-    return density_figure(grid, density, title=title, stats=stats)
+    return density_figure(grid, density, title=title, stats=stats, outliers=stats.get("outliers", ()),
+                          band=_band(density_array), band_label=_band_label(stats))
+
+
+def _band(density_array: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The band rows of ``density.npy`` (absent in a run made before them)."""
+    return (density_array[2], density_array[3]) if len(density_array) >= 4 else None
+
+
+def _band_label(stats: Mapping) -> str:
+    level = stats.get("confidence_level", uncertainty.DEFAULT_LEVEL)
+    return f"{level:.0%} band over {stats['num_draws']} draws (pointwise, Student t)"
 
 
 def trajectory_run_figure(steps: Sequence[int], density_arrays: Sequence[np.ndarray], summary_csv: str | os.PathLike,
-                          operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK):
+                          operator: str = DEFAULT_OPERATOR, block: str = DEFAULT_BLOCK,
+                          stats: Sequence[Mapping] | None = None, lr_boundaries: Sequence[int] = ()):
     """The figure ``figures/{operator}/{block}/trajectory.png``: every step's density of that
-    curvature, and its rows of the summary over training.
+    curvature with its band, and its rows of the summary over training (intervals as error bars),
+    outliers marked from each step's ``stats`` and learning-rate boundaries from the config.
 
     ``summary_csv`` is read back from its file, as the render rule does, so that both parse the
     same text; its rows of other curvatures are left out.
     """
-    densities = [(step, *array) for step, array in zip(steps, density_arrays)]
+    densities = [(step, *array[:2]) for step, array in zip(steps, density_arrays)]
+    bands = {step: _band(array) for step, array in zip(steps, density_arrays) if _band(array) is not None}
+    outliers = None if stats is None else {step: s.get("outliers", []) for step, s in zip(steps, stats)}
+    label = _band_label(stats[0]) if stats else "95% band over draws"
     # Operator and block as written (a block may be named "NA" or "01"); empty fields are NaN.
     summary = pd.read_csv(summary_csv, dtype={"operator": str, "block": str}, keep_default_na=False, na_values=[""])
     summary = summary[(summary["operator"] == operator) & (summary["block"] == block)]
     if not len(summary):
         raise ValueError(f"{summary_csv} has no row of operator {operator!r} on block {block!r}")
-    return trajectory_figure(densities, summary, title=_curvature_title(operator, block, "spectrum along training"))
+    return trajectory_figure(densities, summary, title=_curvature_title(operator, block, "spectrum along training"),
+                             bands=bands or None, outliers=outliers, band_label=label,
+                             lr_boundaries=lr_boundaries)
 
 
 def curvatures_run_figure(step: int, densities: Sequence[tuple[tuple[str, str], np.ndarray]]):
@@ -265,7 +356,7 @@ def curvatures_run_figure(step: int, densities: Sequence[tuple[tuple[str, str], 
     ``densities``: ``((operator, block), density.npy)`` per curvature, in the config's order
     (:func:`hessflow.layout.curvatures`).
     """
-    return curvatures_figure(step, [(operator, block, *array) for (operator, block), array in densities])
+    return curvatures_figure(step, [(operator, block, *array[:2]) for (operator, block), array in densities])
 
 
 def analysed_steps(config: Mapping) -> list[int]:
@@ -313,7 +404,7 @@ def rebuilt_outputs(config: Mapping) -> list[str]:
         for step in steps:
             paths += RELATIVE.spectrum_files(step, operator, block).values()
             paths.append(RELATIVE.density_figure(step, operator, block))
-    paths.append(RELATIVE.summary)
+    paths += [RELATIVE.summary, RELATIVE.summary_html]
     paths += [RELATIVE.trajectory_figure(operator, block) for operator, block in pairs]
     if len(pairs) > 1:
         paths += [RELATIVE.curvatures_figure(step) for step in steps]
@@ -415,10 +506,14 @@ def rebuild(root: str | os.PathLike, out: str | os.PathLike, config: Mapping) ->
         density_arrays[operator, block, step], row = _rebuild_spectrum(source, target, config, step, operator, block)
         rows.append(row)
     Path(target.summary).parent.mkdir(parents=True, exist_ok=True)
-    artifacts.save_text(target.summary, summary_table(rows).to_csv(index=False))
+    table = summary_table(rows)
+    artifacts.save_text(target.summary, table.to_csv(index=False))
+    artifacts.save_text(target.summary_html, summary_html(table))
     for operator, block in pairs:
+        stats = [_load_json(Path(target.spectrum_files(step, operator, block)["stats"])) for step in steps]
         figure = trajectory_run_figure(steps, [density_arrays[operator, block, step] for step in steps],
-                                       target.summary, operator, block)
+                                       target.summary, operator, block, stats=stats,
+                                       lr_boundaries=config["training"].get("lr_boundaries", []))
         save_figure(figure, target.trajectory_figure(operator, block), dpi=FIGURE_DPI)
     if len(pairs) > 1:
         for step in steps:
@@ -445,7 +540,10 @@ def _rebuild_spectrum(source: RunLayout, target: RunLayout, config: Mapping, ste
     artifacts.save_npy(files["ritz_values"], values)
     artifacts.save_npy(files["ritz_weights"], weights)
     provenance = _load_json(Path(source.provenance(step, 0, operator, block)))
-    density_array, stats = density_and_stats(values, weights, provenance["dim"], config["density"])
+    runs = provenances + ([source.basis_files(step, operator, block)["provenance"]] if deflation else [])
+    density_array, stats = density_and_stats(
+        values, weights, provenance["dim"], config["density"], [_load_json(Path(path)) for path in runs],
+        config["spectrum"].get("gradient_k", DEFAULT_GRADIENT_K))
     artifacts.save_npy(files["density"], density_array)
     artifacts.save_json(files["stats"], stats)
     figure_path = target.density_figure(step, operator, block)

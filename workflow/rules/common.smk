@@ -154,6 +154,12 @@ def deflation_inputs(step="{step}", operator="{operator}", block="{block}"):
     return {f"basis_{name}": path for name, path in basis_files(step, operator, block).items()}
 
 
+def run_provenances(step="{step}", operator="{operator}", block="{block}"):
+    """The provenance of every draw and, with deflation, of the basis run last."""
+    paths = [LAYOUT.provenance(step, draw, operator, block) for draw in DRAWS]
+    return paths + ([basis_files(step, operator, block)["provenance"]] if DEFLATION_STEPS else [])
+
+
 def top_pairs_inputs():
     """What the top Ritz pairs come from: every draw, or the basis run when deflating (its
     Krylov space is projected out of the draws, outliers included)."""
@@ -168,6 +174,12 @@ def hessian_params():
     """What defines the operators besides the operator and the block (``hessian.*`` less
     ``operator`` and ``blocks``): adding an operator or a block reruns no existing job."""
     return {key: value for key, value in config["hessian"].items() if key not in ("operator", "blocks")}
+
+
+def step_label(wildcards):
+    """A step as a report label, padded on the left with figure spaces (U+2007, a digit's width) to
+    the widest analysed step: the report sorts labels as strings, and so in numeric order."""
+    return f"{int(wildcards.step):>{len(str(max(STEPS)))}}".replace(" ", "\u2007")
 
 
 def run_config_file():
@@ -213,7 +225,7 @@ def artifacts():
         files.append(LAYOUT.trajectory_figure(operator, block))
     if len(CURVATURES) > 1:
         files += [LAYOUT.curvatures_figure(step) for step in STEPS]
-    files += [LAYOUT.summary, run_config_file()]
+    files += [LAYOUT.summary, LAYOUT.summary_html, run_config_file()]
     return files
 
 

@@ -50,7 +50,8 @@ rule density:
     input:
         ritz_values=spectrum_files("{step}")["ritz_values"],
         ritz_weights=spectrum_files("{step}")["ritz_weights"],
-        provenance=LAYOUT.provenance("{step}", 0, "{operator}", "{block}"),
+        # Every draw's (their gradient fractions and health), and the basis run's with deflation.
+        provenance=run_provenances(),
     output:
         density=spectrum_files("{step}")["density"],
         stats=spectrum_files("{step}")["stats"],
@@ -62,6 +63,7 @@ rule density:
         "../../envs/analysis.yaml"
     params:
         density=config["density"],
+        gradient_k=config["spectrum"]["gradient_k"],
     script:
         "../../scripts/density.py"
 
@@ -73,8 +75,10 @@ rule summarize:
         provenance=[LAYOUT.provenance(step, 0, *curvature) for curvature in CURVATURES for step in STEPS],
         history=rules.train.output.history,
     output:
-        report(
-            LAYOUT.summary,
+        csv=LAYOUT.summary,
+        # The same table in HTML: the report shows it (CSV it offers only as a download).
+        html=report(
+            LAYOUT.summary_html,
             caption="../report/summary.rst",
             category="Summary",
         ),

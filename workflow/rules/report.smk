@@ -12,7 +12,7 @@ rule render_density:
             caption="../report/density.rst",
             category="Spectrum per checkpoint",
             subcategory="{operator} {block}",
-            labels={"operator": "{operator}", "block": "{block}", "step": "{step}"},
+            labels={"operator": "{operator}", "block": "{block}", "step": step_label},
         ),
     log:
         log_file("render_density/{operator}/{block}/step_{step}"),
@@ -29,7 +29,8 @@ rule render_density:
 rule render_trajectory:
     input:
         densities=[spectrum_files(step)["density"] for step in STEPS],
-        summary=rules.summarize.output[0],
+        stats=[spectrum_files(step)["stats"] for step in STEPS],
+        summary=rules.summarize.output.csv,
     output:
         report(
             LAYOUT.trajectory_figure("{operator}", "{block}"),
@@ -45,6 +46,7 @@ rule render_trajectory:
         "../../envs/analysis.yaml"
     params:
         steps=STEPS,
+        lr_boundaries=config["training"]["lr_boundaries"],
         dpi=150,  # = hessflow.reproduce.FIGURE_DPI, so that a rebuild renders the same bytes
     script:
         "../../scripts/render_trajectory.py"
@@ -58,7 +60,7 @@ rule render_curvatures:
             LAYOUT.curvatures_figure("{step}"),
             caption="../report/curvatures.rst",
             category="Curvatures side by side",
-            labels={"step": "{step}"},
+            labels={"step": step_label},
         ),
     log:
         log_file("render_curvatures/step_{step}"),
