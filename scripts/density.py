@@ -15,7 +15,7 @@ from hessflow import artifacts  # noqa: E402
 from hessflow.reproduce import density_and_stats  # noqa: E402  (the same function hessflow-reproduce rebuilds with)
 
 provenances = []
-for path in snakemake.input.provenance:  # every draw's, and the basis run's with deflation
+for path in snakemake.input.provenance:  # every draw's, and the basis run's with deflation (a list)
     with open(path) as handle:
         provenances.append(json.load(handle))
 try:

@@ -130,9 +130,9 @@ def test_density_step_with_infinite_sigma_squared_fails_naming_the_step_and_writ
         builtins.snakemake = SimpleNamespace(
             scriptdir={str(ROOT / "scripts")!r}, log=[root + "/density.log"], threads=1,
             input=Named(ritz_values=root + "/ritz_values.npy", ritz_weights=root + "/ritz_weights.npy",
-                        provenance=root + "/provenance_0.json"),
+                        provenance=[root + "/provenance_0.json"]),
             output=Named(density=root + "/density.npy", stats=root + "/stats.json"),
-            params=SimpleNamespace(density={{**{DENSITY!r}, "sigma_squared": float("inf")}}),
+            params=SimpleNamespace(density={{**{DENSITY!r}, "sigma_squared": float("inf")}}, gradient_k=10),
             wildcards=SimpleNamespace(step="75"))
         runpy.run_path({str(ROOT / "scripts" / "density.py")!r}, run_name="__main__")
     """

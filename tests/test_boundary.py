@@ -31,7 +31,7 @@ BLOCKED = ("tensorflow", "keras", "snakemake", "sklearn", "h5py")
 
 TENSORFLOW_FREE = (
     "lanczos", "density", "artifacts", "layout", "plots", "reproduce", "papercode", "export", "download",
-    "sanity", "integrity", "eigenpairs", "deflation", "outliers", "uncertainty",
+    "sanity", "integrity", "eigenpairs", "deflation", "outliers", "uncertainty", "compare",
 )
 # May import TensorFlow or Keras (the `tensorflow` extra); some do so only inside functions.
 TENSORFLOW_LAYER = (
@@ -231,6 +231,29 @@ COMPUTATIONS = {
         values, weights = np.array([[1.0, 3.0], [2.0, 4.0]]), np.full((2, 2), 0.5)
         RESULT = {"trace": statistic_intervals(values, weights, 2)["trace"]}
     """,
+    # Two one-step run folders: the table reads back what was written, the figure has one panel.
+    "compare": """
+        import json, pathlib, tempfile
+        import numpy as np
+        from hessflow.compare import comparison_figure, comparison_table
+        from hessflow.layout import RunLayout
+        base = pathlib.Path(tempfile.mkdtemp())
+        runs = {}
+        for index, name in enumerate(("a", "b")):
+            layout = RunLayout((base / name).as_posix())
+            files = layout.spectrum_files(0)
+            pathlib.Path(files["density"]).parent.mkdir(parents=True)
+            pathlib.Path(layout.config).write_text(json.dumps({"training": {"checkpoint_steps": [0]}}))
+            grid = np.linspace(-1.0, 2.0 + index, 11)
+            np.save(files["density"], np.stack([grid, np.ones_like(grid)]))
+            stats = {"lambda_max": 2.0 + index, "lambda_min": -1.0, "trace": 3.0, "negative_mass": 0.1}
+            pathlib.Path(files["stats"]).write_text(json.dumps(stats))
+            pathlib.Path(layout.summary).write_text("operator,block,step,test_accuracy\\nhessian,all,0,0.5\\n")
+            runs[name] = base / name
+        table = comparison_table(runs)
+        panels = [ax.get_label() for ax in comparison_figure(runs).axes if ax.get_label().startswith("density_step_")]
+        RESULT = {"lambda_max": table["lambda_max"].tolist(), "runs": table["run"].tolist(), "panels": panels}
+    """,
     "hessflow": """
         import hessflow
         RESULT = {"version": hessflow.__version__}
@@ -373,6 +396,10 @@ def check_outliers(result):
 def check_uncertainty(result):
     half = 12.706204736174698  # Student t, 1 degree of freedom, 0.975 (tables)
     np.testing.assert_allclose(result["trace"], [5.0 - half, 5.0 + half], rtol=1e-12)
+
+
+def check_compare(result):
+    assert result == {"lambda_max": [2.0, 3.0], "runs": ["a", "b"], "panels": ["density_step_0"]}
 
 
 def check_hessflow(result):

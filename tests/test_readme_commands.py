@@ -76,8 +76,19 @@ COMMANDS = {
         DRY, "submits to Slurm; a dry run loads the profile and the executor plugin (tests/test_slurm.py "
         "runs one job through a real sbatch)"),
     ".venv/bin/snakemake --cores 2 --configfile config/config.yaml config/curvatures.yaml": (
-        DRY, "the demo's Hessian and Gauss-Newton spectra per block: 30 more Lanczos jobs; one Lanczos job of "
+        DRY, "the demo's Hessian and Gauss-Newton spectra per block: 40 more Lanczos jobs; one Lanczos job of "
         "each operator and block kind runs in tests/test_lanczos_job.py"),
+    ".venv/bin/snakemake --cores 2 --configfile examples/transformer/config.yaml examples/transformer/blocks.yaml": (
+        DRY, "the transformer's six blocks: 56 Lanczos jobs, 16 minutes; tests/test_examples_workflow.py runs the "
+        "example and tests/test_blocks.py the block operators"),
+    ".venv/bin/snakemake --cores 2 --configfile config/config.yaml config/batchnorm_on.yaml": (
+        DRY, "7 minutes; tests/test_batchnorm_pair.py runs the pair at two checkpoints"),
+    ".venv/bin/snakemake --cores 2 --configfile config/config.yaml config/batchnorm_off.yaml": (
+        DRY, "6 minutes; tests/test_batchnorm_pair.py runs the pair at two checkpoints"),
+    '.venv/bin/hessflow-compare --run "batch norm=results/vgg_bn" --run "no batch norm=results/vgg_nobn" '
+    '--out bn.png --csv bn.csv': (
+        NOT_RUN, "needs both runs of the pair; tests/test_batchnorm_pair.py runs its main() with these options on its "
+        "smaller pair"),
     ".venv/bin/snakemake export": (
         DRY, "needs the finished demo; tests/test_reproduce.py exports the small run and reproduces it"),
     ".venv/bin/snakemake export --configfile config/cifar10_resnet32.yaml": (
@@ -217,5 +228,5 @@ def test_papercode_import_runs_as_written_on_paper_layout_folders(checkout):
     assert done.returncode == 0, done.stdout + done.stderr
     out = checkout / "imported" / "step_1000"
     assert np.array_equal(np.load(out / "tridiags.npy"), np.stack(expected))
-    grid, density = np.load(out / "density.npy")
+    grid, density = np.load(out / "density.npy")[:2]
     assert density.sum() * (grid[1] - grid[0]) == pytest.approx(1.0, abs=1e-6)

@@ -292,8 +292,9 @@ def test_demo_density_has_grid_len_points_and_integrates_to_one(demo):
     grid_len = demo.config["density"]["grid_len"]
     for step in demo.steps:
         density = np.load(demo.spectrum(step, "density.npy"))
-        assert density.shape == (2, grid_len)
-        grid, values = density
+        assert density.shape == (4, grid_len)  # grid, density, and its band's lower and upper edge
+        grid, values, lower, upper = density
+        assert np.all(lower <= values) and np.all(values <= upper)
         steps = np.diff(grid)
         assert np.all(steps > 0)
         np.testing.assert_allclose(steps, steps[0], rtol=1e-9)

@@ -323,7 +323,8 @@ def _band(density_array: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _band_label(stats: Mapping) -> str:
     level = stats.get("confidence_level", uncertainty.DEFAULT_LEVEL)
-    return f"{level:.0%} band over {stats['num_draws']} draws (pointwise, Student t)"
+    draws = f" over {stats['num_draws']} draws" if "num_draws" in stats else " over draws"
+    return f"{level:.0%} band{draws} (pointwise, Student t)"
 
 
 def trajectory_run_figure(steps: Sequence[int], density_arrays: Sequence[np.ndarray], summary_csv: str | os.PathLike,
@@ -543,7 +544,7 @@ def _rebuild_spectrum(source: RunLayout, target: RunLayout, config: Mapping, ste
     runs = provenances + ([source.basis_files(step, operator, block)["provenance"]] if deflation else [])
     density_array, stats = density_and_stats(
         values, weights, provenance["dim"], config["density"], [_load_json(Path(path)) for path in runs],
-        config["spectrum"].get("gradient_k", DEFAULT_GRADIENT_K))
+        config.get("spectrum", {}).get("gradient_k", DEFAULT_GRADIENT_K))
     artifacts.save_npy(files["density"], density_array)
     artifacts.save_json(files["stats"], stats)
     figure_path = target.density_figure(step, operator, block)

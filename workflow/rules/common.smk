@@ -182,6 +182,11 @@ def step_label(wildcards):
     return f"{int(wildcards.step):>{len(str(max(STEPS)))}}".replace(" ", "\u2007")
 
 
+def density_labels(wildcards):
+    """A density figure's report labels: its curvature and step."""
+    return {"operator": wildcards.operator, "block": wildcards.block, "step": step_label(wildcards)}
+
+
 def run_config_file():
     """The resolved config (defaults filled), beside the results it produced."""
     return LAYOUT.config

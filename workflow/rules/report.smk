@@ -12,7 +12,7 @@ rule render_density:
             caption="../report/density.rst",
             category="Spectrum per checkpoint",
             subcategory="{operator} {block}",
-            labels={"operator": "{operator}", "block": "{block}", "step": step_label},
+            labels=density_labels,
         ),
     log:
         log_file("render_density/{operator}/{block}/step_{step}"),
@@ -60,7 +60,7 @@ rule render_curvatures:
             LAYOUT.curvatures_figure("{step}"),
             caption="../report/curvatures.rst",
             category="Curvatures side by side",
-            labels={"step": step_label},
+            labels=lambda wildcards: {"step": step_label(wildcards)},
         ),
     log:
         log_file("render_curvatures/step_{step}"),
