@@ -617,3 +617,22 @@ def test_plots_module_imports_neither_tensorflow_nor_pyplot():
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_trajectory_figure_draws_the_gradients_share_of_the_top_ritz_span_when_the_summary_has_it():
+    from hessflow.plots import trajectory_figure
+
+    grid = np.linspace(-1.0, 2.0, 50)
+    densities = [(step, grid, np.exp(-grid**2)) for step in (0, 10, 20)]
+    summary = pd.DataFrame({"step": [0, 10, 20], "lambda_max": [2.0, 1.5, 1.0], "lambda_min": [-1.0, -0.5, -0.1],
+                            "negative_mass": [0.2, 0.1, 0.05], "gradient_fraction_top_k": [0.1, 0.6, 0.8],
+                            "gradient_fraction_outliers": [0.0, 0.3, 0.5]})
+    fig = trajectory_figure(densities, summary)
+    panel = next(ax for ax in fig.axes if ax.get_label() == "gradient_fraction")
+    lines = {line.get_gid(): line for line in panel.get_lines()}
+    np.testing.assert_array_equal(lines["gradient_fraction_top_k"].get_ydata(), [0.1, 0.6, 0.8])
+    np.testing.assert_array_equal(lines["gradient_fraction_outliers"].get_ydata(), [0.0, 0.3, 0.5])
+    assert panel.get_ylim() == (0.0, 1.02)
+    without = trajectory_figure(densities, summary.drop(columns=["gradient_fraction_top_k",
+                                                                 "gradient_fraction_outliers"]))
+    assert "gradient_fraction" not in [ax.get_label() for ax in without.axes]

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 READMES = [ROOT / "README.md", ROOT / "config" / "README.md"]
 TIMEOUT = 120
-CHECKOUT_FOLDERS = ("workflow", "config", "scripts", "envs", "src")
+CHECKOUT_FOLDERS = ("workflow", "config", "scripts", "envs", "src", "examples")
 
 RUN, DRY, NOT_RUN = "run", "dry-run", "not run"
 
@@ -85,8 +85,8 @@ COMMANDS = {
         DRY, "7 minutes; tests/test_batchnorm_pair.py runs the pair at two checkpoints"),
     ".venv/bin/snakemake --cores 2 --configfile config/config.yaml config/batchnorm_off.yaml": (
         DRY, "6 minutes; tests/test_batchnorm_pair.py runs the pair at two checkpoints"),
-    '.venv/bin/hessflow-compare --run "batch norm=results/vgg_bn" --run "no batch norm=results/vgg_nobn" '
-    '--out bn.png --csv bn.csv': (
+    ".venv/bin/hessflow-compare --run 'batch norm=results/vgg_bn' --run 'no batch norm=results/vgg_nobn' "
+    "--out bn.png --csv bn.csv": (
         NOT_RUN, "needs both runs of the pair; tests/test_batchnorm_pair.py runs its main() with these options on its "
         "smaller pair"),
     ".venv/bin/snakemake export": (

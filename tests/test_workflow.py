@@ -294,7 +294,8 @@ def test_demo_density_has_grid_len_points_and_integrates_to_one(demo):
         density = np.load(demo.spectrum(step, "density.npy"))
         assert density.shape == (4, grid_len)  # grid, density, and its band's lower and upper edge
         grid, values, lower, upper = density
-        assert np.all(lower <= values) and np.all(values <= upper)
+        rounding = 1e-12 * values.max()  # the band is about the mean of per-draw rows, = the density to rounding
+        assert np.all(lower <= values + rounding) and np.all(values <= upper + rounding)
         steps = np.diff(grid)
         assert np.all(steps > 0)
         np.testing.assert_allclose(steps, steps[0], rtol=1e-9)
@@ -494,7 +495,7 @@ def test_report_html_builds_offline_with_the_figure_captions(demo, tmp_path):
     assert "<html" in html.lower()
     assert "log scale" in html  # the density and trajectory captions
     assert "Hessian eigenvalue density at training step" in html
-    # The report sorts labels as strings: padded with figure spaces, they sort as numbers do.
+    # The report sorts labels as strings: zero-padded, they sort as numbers do.
     labels = {json.loads(f'"{found}"') for found in re.findall(r'"step":\s*"((?:[^"\\]|\\.)*)"', html)}
     assert {int(label) for label in labels} == set(demo.steps)
     assert [int(label) for label in sorted(labels)] == sorted(demo.steps)
@@ -680,3 +681,19 @@ def test_reduced_cifar10_summary_has_a_row_per_checkpoint(reduced_cifar):
     rows = read_csv(results / "summary.csv")
     assert [int(row["step"]) for row in rows] == [4]
     assert all(int(row["dim"]) == RESNET32_PARAMETERS for row in rows)
+
+
+@pytest.mark.parametrize("batch_norm, parameters", [("bn", 9_359_882), ("nobn", 9_354_378)])
+def test_paper_scale_vgg_pair_dry_runs_over_the_cifar10_study_with_the_paper_codes_schedule(
+        tmp_path, batch_norm, parameters):
+    overlay = ROOT / "config" / f"cifar10_vgg_{batch_norm}.yaml"
+    # --configfile a second time: the list after it (the study, then the pair's half) is the one used.
+    result = run_snakemake(tmp_path, CIFAR_CONFIG, "--configfile", CIFAR_CONFIG, overlay, "--dry-run", timeout=180)
+    assert result.returncode == 0, tail(result.stdout)
+    counts = job_stats(result.stdout)
+    assert counts["lanczos"] == 11 * 10 and counts["train"] == 1
+    assert f"results/cifar10_vgg_{batch_norm}/checkpoints/step_150000.weights.h5" in result.stdout
+    config = yaml.safe_load(overlay.read_text())
+    assert config["training"]["lr_boundaries"] == [20000, 100000]
+    assert config["training"]["weight_decay"] == 5.0e-5
+    assert f"{parameters:,}" in overlay.read_text()  # the count its header states (tests/test_models.py checks it)

@@ -45,7 +45,8 @@ from hessflow.reproduce import FIGURE_DPI, aggregate, density_and_stats, density
 __all__ = ["PaperDraws", "load_paper_array", "load_paper_draws", "paper_tridiags", "render_paper_draws"]
 
 #: The density parameters of the paper code (and of hessflow's defaults).
-PAPER_DENSITY = {"sigma_squared": 1e-5, "grid_len": 10_000, "grid_expand": 0.01, "negative_threshold": 1e-3}
+PAPER_DENSITY = {"sigma_squared": 1e-5, "grid_len": 10_000, "grid_expand": 0.01, "negative_threshold": 1e-3,
+                 "confidence_level": 0.95}
 
 _NAME = re.compile(r"^(tridiag|lanczos_vec)_(\d+)(\.npy)?$")
 

@@ -42,6 +42,7 @@ from hessflow.artifacts import atomic_write
 __all__ = [
     "DEFAULT_BAND_LABEL",
     "DEFAULT_DENSITY_FLOOR",
+    "GRADIENT_FRACTION_COLUMNS",
     "INTERVAL_SUFFIXES",
     "OPERATOR_NAMES",
     "SUMMARY_COLUMNS",
@@ -72,6 +73,18 @@ DENSITY_LABEL = "density (log scale)"
 STEP_LABEL = "training step"
 OUTLIERS_LABEL = "outlier eigenvalues"
 LR_BOUNDARY_LABEL = "learning-rate boundary"
+
+#: Summary columns of the gradient's share of its squared norm in the top Ritz vectors' span, drawn
+#: in a third panel of :func:`trajectory_figure` when the summary has them.
+GRADIENT_FRACTION_COLUMNS = ("gradient_fraction_outliers", "gradient_fraction_top_k")
+GRADIENT_FRACTION_LABELS = {
+    "gradient_fraction_outliers": "gradient share, outliers' span",
+    "gradient_fraction_top_k": "gradient share, top-k Ritz span",
+}
+_GRADIENT_FRACTION_STYLES = {
+    "gradient_fraction_outliers": {"color": "C4", "marker": "D", "markersize": 3},
+    "gradient_fraction_top_k": {"color": "C5", "marker": "v", "markersize": 3, "linestyle": "--"},
+}
 
 #: How figures name each curvature operator (``hessian.operator`` in the config).
 OPERATOR_NAMES = {"hessian": "Hessian", "ggn": "Gauss-Newton"}
@@ -249,6 +262,11 @@ def trajectory_figure(
           labelled ``"test_accuracy"`` the test accuracy (gid ``"test_accuracy"``, error bars
           ``"test_accuracy_errorbar"``) when the summary has it.
 
+        - ``"gradient_fraction"`` (below them, when the summary has a column of
+          :data:`GRADIENT_FRACTION_COLUMNS` with a value): the share of the full-data gradient's
+          squared norm in the span of the outliers' and of the top-k Ritz vectors (gids: the
+          columns), on [0, 1].
+
         The summary panels share the step axis (scale per ``step_scale``) and carry one
         dashed line per learning-rate boundary (gid ``"lr_boundary"``). One figure legend,
         below the panels, names the summary lines, the boundaries, the band and the outliers.
@@ -279,12 +297,18 @@ def trajectory_figure(
 
     panel_handles = _draw_step_panels(density_part, curves, nrows, ncols, floor, step_bands, step_outliers,
                                       band_label, lambda_axis, lambda_linthresh)
-    eigenvalue_ax, negative_mass_ax = summary_part.subplots(2, 1, sharex=True)
+    fractions = [column for column in GRADIENT_FRACTION_COLUMNS
+                 if column in summary.columns and summary[column].notna().any()]
+    panels = summary_part.subplots(3 if fractions else 2, 1, sharex=True)
+    eigenvalue_ax, negative_mass_ax = panels[:2]
     eigenvalue_ax.set_label("extreme_eigenvalues")
     negative_mass_ax.set_label("negative_mass")
     handles = _draw_extreme_eigenvalues(eigenvalue_ax, summary) + _draw_negative_mass(negative_mass_ax, summary)
-    _set_step_scale(eigenvalue_ax, scale, summary["step"])  # shared with the negative-mass panel
-    for ax in (eigenvalue_ax, negative_mass_ax):
+    if fractions:
+        panels[2].set_label("gradient_fraction")
+        handles += _draw_gradient_fractions(panels[2], summary, fractions)
+    _set_step_scale(eigenvalue_ax, scale, summary["step"])  # shared with the panels below
+    for ax in panels:
         boundary_lines = [ax.axvline(b, gid="lr_boundary", label=LR_BOUNDARY_LABEL, **_LR_BOUNDARY_STYLE)
                           for b in boundaries]
     handles += boundary_lines[:1] + panel_handles
@@ -618,6 +642,19 @@ def _draw_extreme_eigenvalues(ax: Axes, summary: pd.DataFrame) -> list:
     ax.set_yscale("log", nonpositive="mask")
     ax.set_ylabel("eigenvalue")
     ax.tick_params(labelbottom=False)
+    return handles
+
+
+def _draw_gradient_fractions(ax: Axes, summary: pd.DataFrame, columns: Sequence[str]) -> list:
+    """The gradient's share of the top Ritz vectors' span against step (Ghorbani et al. 2019, §4),
+    one line per column of :data:`GRADIENT_FRACTION_COLUMNS` present. The lines, for the legend."""
+    handles = []
+    for column in columns:
+        handles += ax.plot(summary["step"], summary[column], gid=column, label=GRADIENT_FRACTION_LABELS[column],
+                           **_GRADIENT_FRACTION_STYLES[column])
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel("gradient share")
     return handles
 
 

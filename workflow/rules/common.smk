@@ -177,9 +177,9 @@ def hessian_params():
 
 
 def step_label(wildcards):
-    """A step as a report label, padded on the left with figure spaces (U+2007, a digit's width) to
-    the widest analysed step: the report sorts labels as strings, and so in numeric order."""
-    return f"{int(wildcards.step):>{len(str(max(STEPS)))}}".replace(" ", "\u2007")
+    """A step as a report label, zero-padded to the widest analysed step (075, 150): the report
+    sorts labels as strings, and so in numeric order."""
+    return f"{int(wildcards.step):0{len(str(max(STEPS)))}d}"
 
 
 def density_labels(wildcards):
