@@ -74,6 +74,8 @@ STEP_LABEL = "training step"
 OUTLIERS_LABEL = "outlier eigenvalues"
 LR_BOUNDARY_LABEL = "learning-rate boundary"
 
+_TRAJECTORY_LEGEND_COLUMNS = 5
+
 #: Summary columns of the gradient's share of its squared norm in the top Ritz vectors' span, drawn
 #: in a third panel of :func:`trajectory_figure` when the summary has them.
 GRADIENT_FRACTION_COLUMNS = ("gradient_fraction_outliers", "gradient_fraction_top_k")
@@ -312,8 +314,9 @@ def trajectory_figure(
         boundary_lines = [ax.axvline(b, gid="lr_boundary", label=LR_BOUNDARY_LABEL, **_LR_BOUNDARY_STYLE)
                           for b in boundaries]
     handles += boundary_lines[:1] + panel_handles
-    fig.legend(handles=handles, loc="outside lower center", ncols=math.ceil(len(handles) / math.ceil(len(handles) / 8)),
-               fontsize="small")
+    # At most 5 entries a row: a wider row would overrun a figure of a few steps.
+    rows = math.ceil(len(handles) / _TRAJECTORY_LEGEND_COLUMNS)
+    fig.legend(handles=handles, loc="outside lower center", ncols=math.ceil(len(handles) / rows), fontsize="small")
     fig.suptitle(title)
     return fig
 
