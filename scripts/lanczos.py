@@ -40,6 +40,7 @@ spec = LanczosJobSpec(
     block=snakemake.wildcards.block,
     variables=params.variables,
     probe=params.probe,
+    vector_store=params.vector_store,
     strategy=params.strategy,
     # mirrored: replicas on this node's devices; multi_worker: one process per worker.
     workers=1 if multi_worker else params.workers,
@@ -47,6 +48,9 @@ spec = LanczosJobSpec(
     state_file=lanczos_state_beside(snakemake.output.tridiag, draw),
     outputs=dict(snakemake.output.items()),
     deflation=basis or None,
+    # How the job reads the data, not what it computes (the same bits either way): read from the
+    # config, not a param, so that switching it reruns nothing.
+    data=snakemake.config["hessian"]["data"],
 )
 if multi_worker:
     spec_file = Path(spec.state_file).with_suffix(".job.json")

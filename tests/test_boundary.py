@@ -36,7 +36,7 @@ TENSORFLOW_FREE = (
 # May import TensorFlow or Keras (the `tensorflow` extra); some do so only inside functions.
 TENSORFLOW_LAYER = (
     "batchnorm", "checkpoints", "data", "distribute", "evaluation", "factories", "gpu_lock", "hvp", "jobs",
-    "kernels", "lanczos_job", "models", "noise", "objectives", "prepare", "schedule", "training",
+    "kernels", "lanczos_job", "models", "noise", "objectives", "prepare", "schedule", "streaming", "training",
 )
 
 # Runs first in the child: a finder ahead of every other one that refuses the blocked packages

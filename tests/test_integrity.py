@@ -265,3 +265,17 @@ def test_draws_deflated_on_another_basis_run_are_refused_naming_each(tmp_path):
     loaded = load_deflation_basis(basis, basis_provenance, draws[:1])
     assert np.array_equal(loaded.tridiag, tridiag_of(7)) and loaded.dim == 50
     assert loaded.complement_weights.tolist() == [0.88]
+
+
+def test_array_sha256_of_a_memory_mapped_array_hashes_it_in_slices_to_the_whole_arrays_digest(tmp_path, monkeypatch):
+    # hessian.data: stream hashes the training arrays memory-mapped, a few rows at a time; the
+    # digest must be the data card's, i.e. that of the dtype, the shape and all C-order bytes.
+    import hashlib
+
+    images = np.random.default_rng(0).integers(0, 256, size=(37, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    expected = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode() + images.tobytes()).hexdigest()
+    monkeypatch.setattr(integrity, "HASH_CHUNK_BYTES", 5 * images[:1].nbytes)  # 8 slices, the last of 2 rows
+    assert integrity.array_sha256(np.load(tmp_path / "x.npy", mmap_mode="r")) == expected
+    assert integrity.array_sha256(images) == expected
+    assert integrity.array_sha256(np.asfortranarray(images)) == expected  # C-order bytes whatever the layout

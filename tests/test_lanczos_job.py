@@ -139,3 +139,52 @@ def test_job_records_lanczos_health_and_the_gradients_share_of_the_top_ritz_span
     expected = [np.sum((np.linalg.qr(ritz_vectors[:, :j])[0].T @ gradient) ** 2) / (gradient @ gradient)
                 for j in range(1, 13)]
     np.testing.assert_allclose(provenance["gradient_fractions"], expected, rtol=1e-9, atol=1e-12)
+
+
+def with_vectors(spec: dict) -> dict:
+    folder = spec["state_file"].rpartition("/")[0]
+    return spec | {"outputs": {**spec["outputs"], "vectors": f"{folder}/vectors_0.npy"}}
+
+
+def test_a_streamed_job_gives_the_in_memory_jobs_tridiagonal_bit_for_bit(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    memory, stream = tmp_path / "memory", tmp_path / "stream"
+    memory.mkdir(), stream.mkdir()
+    run_lanczos_job(with_vectors(lanczos_job_spec(memory, batch_size=70)), log=lambda line: None)
+    lines = []
+    provenance = run_lanczos_job(with_vectors(lanczos_job_spec(stream, batch_size=70)) | {"data": "stream"},
+                                 log=lines.append)
+    assert np.array_equal(np.load(stream / "tridiag_0.npy"), np.load(memory / "tridiag_0.npy"))
+    assert np.array_equal(np.load(stream / "vectors_0.npy"), np.load(memory / "vectors_0.npy"))
+    assert provenance["data"] == "stream" and "batches (stream)" in lines[0]
+
+
+def test_a_streamed_job_refuses_a_distribution_strategy_naming_both_keys(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    spec = lanczos_job_spec(tmp_path, batch_size=50) | {"data": "stream", "strategy": "mirrored", "workers": 1}
+    with pytest.raises(ValueError, match="hessian.data: stream.*lanczos.strategy: default"):
+        run_lanczos_job(spec, log=lambda line: None)
+
+
+def test_a_job_with_its_vectors_on_disk_gives_the_in_memory_tridiagonal_and_deletes_the_file(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job, vectors_file_beside
+
+    memory, disk = tmp_path / "memory", tmp_path / "disk"
+    memory.mkdir(), disk.mkdir()
+    run_lanczos_job(with_vectors(lanczos_job_spec(memory, batch_size=50)), log=lambda line: None)
+    spec = with_vectors(lanczos_job_spec(disk, batch_size=50)) | {"vector_store": "disk"}
+    run_lanczos_job(spec, log=lambda line: None)
+    expected = np.load(memory / "tridiag_0.npy")
+    np.testing.assert_allclose(np.load(disk / "tridiag_0.npy"), expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_allclose(np.load(disk / "vectors_0.npy"), np.load(memory / "vectors_0.npy"), atol=1e-10)
+    assert vectors_file_beside(spec["state_file"]).endswith(".vectors.npy")
+    assert not any(path.name.startswith(".state") for path in disk.iterdir())  # no state, no vectors file left
+
+
+def test_an_unknown_vector_store_is_refused_naming_the_key(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    with pytest.raises(ValueError, match=r"lanczos.vector_store must be one of \('memory', 'disk'\)"):
+        run_lanczos_job(lanczos_job_spec(tmp_path, batch_size=50) | {"vector_store": "ssd"}, log=lambda line: None)

@@ -52,8 +52,10 @@ dtype float64, symmetric), so ``scipy.sparse.linalg.eigsh(op, k=3)``,
 all work on them. Each product is one full-data pass of the per-batch kernels
 of `hessflow.kernels` (the Hessian's forward-over-reverse, the Gauss–Newton
 product's forward, output-space forward-over-reverse and reverse; traced
-once), accumulated in float64; over several replicas the passes run in the
-rounds of `hessflow.distribute`. Model state is never changed: the model runs
+once), accumulated in float64 inside one traced function per pass that loops
+over the batches (a `tf.data` pipeline: the in-memory batches, or with
+``data="stream"`` one that reads them from disk as it goes); over several
+replicas the passes run in the rounds of `hessflow.distribute`. Model state is never changed: the model runs
 through `keras.Model.stateless_call`, so batch-norm moving statistics stay as
 loaded.
 """
@@ -72,12 +74,15 @@ from scipy.sparse.linalg import LinearOperator
 from hessflow import distribute, kernels
 from hessflow.models import decayed_variable_mask
 
-__all__ = ["HessianOperator", "GGNOperator", "select_variables", "BATCH_NORM_MODES", "COMPUTE_DTYPES"]
+__all__ = ["HessianOperator", "GGNOperator", "select_variables", "BATCH_NORM_MODES", "COMPUTE_DTYPES", "DATA_MODES"]
 
 #: ``train``: batch statistics of each fixed batch (what the paper's CIFAR runs
 #: used); ``inference``: the moving statistics stored in the model.
 BATCH_NORM_MODES = ("train", "inference")
 COMPUTE_DTYPES = ("float32", "float64")
+#: ``memory``: the batches are read once into tensors; ``stream``: every pass iterates the
+#: `tf.data` pipeline it was given, inside one traced function (`hessflow.streaming`).
+DATA_MODES = ("memory", "stream")
 
 
 def select_variables(model: keras.Model, patterns: Sequence[str] | None) -> list:
@@ -170,6 +175,68 @@ def _materialize(dataset, compute_dtype: tf.DType) -> list[tuple[tf.Tensor, tf.T
     return batches
 
 
+def _batches_dataset(batches: list[tuple[tf.Tensor, tf.Tensor]]) -> tf.data.Dataset:
+    """The in-memory batches as a `tf.data.Dataset` in the same order, batch dimension unknown.
+
+    Consecutive batches of one size are stacked into one `from_tensor_slices` (typically all but the
+    last), and the runs concatenated: a handful of datasets whatever the number of batches.
+    """
+    runs: list[list[tuple[tf.Tensor, tf.Tensor]]] = []
+    for batch in batches:
+        if runs and runs[-1][0][0].shape[0] == batch[0].shape[0]:
+            runs[-1].append(batch)
+        else:
+            runs.append([batch])
+    dataset = None
+    for run in runs:
+        part = tf.data.Dataset.from_tensor_slices((tf.stack([x for x, _ in run]), tf.stack([y for _, y in run])))
+        dataset = part if dataset is None else dataset.concatenate(part)
+    return dataset
+
+
+def _survey_stream(dataset, compute_dtype: tf.DType) -> tuple[tf.data.Dataset, int, int]:
+    """Checks a finite `tf.data.Dataset` of (x, y) batches for streaming; counts batches and examples.
+
+    Returns the pipeline with floating x and y cast to ``compute_dtype`` (as `_materialize` casts),
+    the number of batches and of examples. The count is one pass over the data inside a traced
+    reduction (no model); it also checks that every batch is non-empty with as many x as y.
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            f"data='stream' needs a finite tf.data.Dataset of (x, y) batches, got {type(dataset).__name__} "
+            "(hessflow.streaming.npy_batches reads .npy files batch by batch); or use data='memory'"
+        )
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "dataset is infinite (did it .repeat()?): a curvature operator needs a finite, fixed set of batches"
+        )
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(s, tf.TensorSpec) for s in spec)):
+        raise ValueError(f"dataset elements must be (x, y) pairs of tensors, got {spec}")
+    if spec[0].shape.rank == 0 or spec[1].shape.rank == 0:
+        raise ValueError(
+            f"dataset batches: x and y need a batch dimension (got shapes {spec[0].shape}, {spec[1].shape})")
+
+    def cast(x, y):
+        return (tf.cast(x, compute_dtype) if x.dtype.is_floating else x,
+                tf.cast(y, compute_dtype) if y.dtype.is_floating else y)
+
+    def count(state, batch):
+        batches, examples, bad = state
+        x, y = batch
+        size = tf.shape(x, out_type=tf.int64)[0]
+        wrong = tf.logical_or(tf.equal(size, 0), tf.not_equal(size, tf.shape(y, out_type=tf.int64)[0]))
+        return batches + 1, examples + size, tf.where(tf.logical_and(bad < 0, wrong), batches, bad)
+
+    zero = tf.constant(0, tf.int64)
+    num_batches, num_examples, bad = (int(t) for t in dataset.reduce((zero, zero, zero - 1), count))
+    if bad >= 0:
+        raise ValueError(f"dataset batch {bad} is empty or has more x than y (or fewer)")
+    if num_batches == 0:
+        raise ValueError("dataset has no batches")
+    return dataset.map(cast), num_batches, num_examples
+
+
 class _CurvatureOperator(LinearOperator):
     """What the Hessian and the Gauss–Newton operator share: inputs, checks, passes, blocks.
 
@@ -195,7 +262,13 @@ class _CurvatureOperator(LinearOperator):
         decay_mask: Sequence[bool] | None = None,
         strategy: tf.distribute.Strategy | None = None,
         variables: Sequence[str] | None = None,
+        data: str = "memory",
     ):
+        if data not in DATA_MODES:
+            raise ValueError(f"data must be one of {DATA_MODES}, got {data!r}")
+        if data == "stream" and strategy is not None:
+            raise ValueError("data='stream' runs on one device (strategy=None); over several replicas use "
+                             "data='memory'")
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
         if dtype not in COMPUTE_DTYPES:
@@ -242,9 +315,19 @@ class _CurvatureOperator(LinearOperator):
             [np.full(size, m) for size, m in zip(sizes(selected), selected_mask)])
 
         self._compute_dtype = tf.as_dtype(dtype)
-        self._batches = _materialize(dataset, self._compute_dtype)
-        self.num_examples = int(sum(int(x.shape[0]) for x, _ in self._batches))
-        self.num_batches = len(self._batches)
+        #: ``"memory"`` or ``"stream"`` (`DATA_MODES`): how each pass reads the data set.
+        self.data = data
+        if data == "stream":
+            self._stream, self.num_batches, self.num_examples = _survey_stream(dataset, self._compute_dtype)
+        else:
+            self._batches = _materialize(dataset, self._compute_dtype)
+            self.num_examples = int(sum(int(x.shape[0]) for x, _ in self._batches))
+            self.num_batches = len(self._batches)
+            if strategy is None:
+                # One device: the batches go through the same in-graph pass as a stream (and so
+                # give the same bits); over replicas they are dealt out in rounds.
+                self._stream = _batches_dataset(self._batches)
+                del self._batches
         #: How often the traced functions were traced; stays at one each
         #: however many passes run (a test checks it).
         self.num_traces = {self._product_key: 0, "gradient": 0}
@@ -270,10 +353,7 @@ class _CurvatureOperator(LinearOperator):
         product_options = dict(training=training, on_trace=counter(self._product_key), variables=variables)
         gradient_options = dict(training=training, on_trace=counter("gradient"), variables=variables)
         if self.strategy is None:
-            x_spec, y_spec = kernels.batch_specs(*self._batches[0])
-            product = type(self)._traced_product(self.model, loss, x_spec, y_spec, **product_options)
-            gradient = kernels.traced_loss_and_gradient_sum(self.model, loss, x_spec, y_spec, **gradient_options)
-            return product, gradient, lambda: iter(self._batches)
+            return self._stream_pass_functions(loss, product_options, gradient_options)
         product = type(self)._make_product(self.model, loss, **product_options)
         gradient = kernels.make_loss_and_gradient_sum(self.model, loss, **gradient_options)
         rounds = distribute.ReplicaRounds(self.strategy, self._batches)
@@ -281,14 +361,55 @@ class _CurvatureOperator(LinearOperator):
         return (distribute.replicated_sum(self.strategy, product), distribute.replicated_sum(self.strategy, gradient),
                 lambda: ((inputs,) for inputs in rounds))
 
+    def _stream_pass_functions(self, loss, product_options, gradient_options):
+        """Whole-pass functions over the pipeline: ``v -> Σ_b product_b`` and ``() -> (Σ loss, Σ gradient)``.
+
+        The loop over the batches runs inside one `tf.function` (a Python loop over a `tf.data`
+        iterator stalled 1.3-2.5 s a pass here). The per-batch kernels are the ones of the memory
+        mode, and each batch's float64 result is added to the float64 total in batch order, as the
+        memory mode adds them in numpy: the same sums, bit for bit.
+        """
+        x_spec, y_spec = (tf.TensorSpec((None, *spec.shape[1:]), spec.dtype) for spec in self._stream.element_spec)
+        product = type(self)._traced_product(self.model, loss, x_spec, y_spec, **product_options)
+        gradient = kernels.traced_loss_and_gradient_sum(self.model, loss, x_spec, y_spec, **gradient_options)
+        dataset, dim, num_batches = self._stream, self.dim, self.num_batches
+
+        # A loop over an iterator, not `for x, y in dataset` (which becomes a tf.data reduction, whose
+        # function runs the kernels on tf.data's threads: other float32 reduction splits, other bits).
+        @tf.function(input_signature=[tf.TensorSpec((dim,), self._compute_dtype)])
+        def product_pass(v):
+            total = tf.zeros((dim,), tf.float64)
+            batches = iter(dataset)
+            for _ in tf.range(num_batches):
+                x, y = next(batches)
+                total += product(x, y, v)
+            return total
+
+        @tf.function(input_signature=[])
+        def gradient_pass():
+            loss_sum, gradient_sum = tf.constant(0.0, tf.float64), tf.zeros((dim,), tf.float64)
+            batches = iter(dataset)
+            for _ in tf.range(num_batches):
+                x, y = next(batches)
+                batch_loss, batch_gradient = gradient(x, y)
+                loss_sum += batch_loss
+                gradient_sum += batch_gradient
+            return loss_sum, gradient_sum
+
+        # One "round" with no arguments: the whole pass is one call.
+        return product_pass, gradient_pass, lambda: iter([()])
+
     # -- the product -----------------------------------------------------------------
     def _product(self, v: np.ndarray) -> np.ndarray:
         """The operator times a real (dim,) float64 ``v``: one full-data pass."""
         start = time.perf_counter()
         v_compute = tf.constant(v, dtype=self._compute_dtype)
-        total = np.zeros(self.dim, dtype=np.float64)
-        for batch in self._rounds():
-            total += self._product_fn(*batch, v_compute).numpy()
+        if self.strategy is None:
+            total = self._product_fn(v_compute).numpy()
+        else:
+            total = np.zeros(self.dim, dtype=np.float64)
+            for batch in self._rounds():
+                total += self._product_fn(*batch, v_compute).numpy()
         result = total / self.num_examples
         if self.weight_decay:
             result += self.weight_decay * np.where(self._decay_coordinates, v, 0.0)
@@ -422,6 +543,14 @@ _ARGS = """
         not differentiated: a block's product costs less). ``dim`` is their
         total size, ``variable_paths`` their paths. A pattern that matches no
         variable is a ValueError listing the available paths.
+      data: ``"memory"`` (default): ``dataset`` is read once into tensors;
+        ``"stream"``: ``dataset`` must be a finite `tf.data.Dataset`, which
+        every pass iterates anew (`hessflow.streaming.npy_batches` reads
+        ``.npy`` files batch by batch: data sets beyond RAM; prefetch in the
+        pipeline). One device only (``strategy=None``). Either way a pass is one
+        traced function looping over the batches, and the two modes give the
+        same operator bit for bit. Construction in stream mode makes one pass
+        over the pipeline (no model) to count the batches and examples.
 
     Vectors in and out are float64 numpy arrays of length ``dim`` (``(dim,)``
     or ``(dim, 1)``; ``(dim, k)`` through ``matmat`` or ``@``), the selected

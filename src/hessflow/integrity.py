@@ -30,6 +30,9 @@ import numpy as np
 
 from hessflow import artifacts
 
+#: :func:`array_sha256` hashes an array in leading-axis slices of at most this many bytes (16 MiB).
+HASH_CHUNK_BYTES = 16 * 2**20
+
 __all__ = [
     "check_recorded_output",
     "DeflationBasis",
@@ -61,7 +64,15 @@ def array_sha256(array: np.ndarray) -> str:
     data factory returned and the one ``np.load`` reads back from its ``.npy``.
     """
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
+    if array.ndim == 0:
+        digest.update(array.tobytes())
+        return digest.hexdigest()
+    # Leading-axis slices of at most HASH_CHUNK_BYTES, whose bytes in order are the C-order bytes
+    # of the whole: a memory-mapped data set (hessian.data: stream) is hashed without reading it
+    # into memory at once.
+    rows = max(1, HASH_CHUNK_BYTES // max(1, array[:1].nbytes))
+    for first in range(0, array.shape[0], rows):
+        digest.update(np.ascontiguousarray(array[first:first + rows]).data)
     return digest.hexdigest()
 
 

@@ -48,6 +48,19 @@ paper's code spent one extra), ``O(dim * j)`` flops per step for the
 reorthogonalization, and ``dim * m`` float64 numbers of memory for ``V``, which
 full reorthogonalization needs in any case.
 
+Vectors on disk (``vectors_file``): ``V`` can instead live in a ``.npy`` file, memory-mapped
+(``np.lib.format.open_memmap``), when ``dim * m * 8`` bytes exceed the RAM (25 million
+parameters at ``m = 90``: 18 GB). Each step writes its column there, and both Gram-Schmidt
+passes stream over ``V`` in blocks of whole rows ``V_r`` of at most :data:`VECTOR_BLOCK_BYTES`:
+``h = sum_r V_r^T w_r`` over all blocks, then ``w_r -= V_r h`` block by block -- the same
+classical Gram-Schmidt, with the sums of ``V^T w`` grouped by block (so the numbers agree with
+the in-memory run to rounding, ``~ 1e-15`` relative, and bit for bit when ``V`` fits in one
+block), and the update of one pass fused with the sums of the next (see
+:func:`_orthogonalize_streamed`). The process then allocates a few ``dim``-vectors; the mapped
+file's pages are page cache, which the kernel writes back and evicts as it needs. Reading ``V``
+three times a step from the file costs about as much as from memory while the file fits the page
+cache, and ``3 j dim * 8`` bytes of disk reads at step ``j`` when it does not.
+
 Health diagnostics: every run ends by measuring, on the ``m`` vectors it holds
 (also with ``keep_vectors=False``, and identically after a resume),
 
@@ -73,6 +86,7 @@ Health diagnostics: every run ends by measuring, on the ``m`` vectors it holds
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -80,6 +94,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import scipy.sparse
@@ -113,7 +128,9 @@ DEFAULT_BREAKDOWN_TOL = 1e-10
 #: Version of the resumable-state file layout; bump when its fields change.
 #: 2: the operator's identity (``operator_identity``, JSON) is stored and compared.
 #: (The run identity gained ``probe`` and ``start_sha256`` within version 2: a state file without
-#: them was written by a seeded Gaussian run, and is read as one.)
+#: them was written by a seeded Gaussian run, and is read as one. Also within version 2, the state
+#: of a run with ``vectors_file`` holds the fields ``vectors_file`` and ``vectors_sha256`` instead
+#: of ``vectors``: see :func:`_save_state`.)
 STATE_FORMAT_VERSION = 2
 
 #: The start-vector distributions of :func:`start_vector` (its ``probe`` argument).
@@ -151,6 +168,12 @@ NEAR_BREAKDOWN_TOL = 1e-6
 #: (8 MiB), so that it never needs an ``m x m`` array for very long runs.
 GRAM_BLOCK_ENTRIES = 2**20
 
+#: With ``vectors_file`` (Lanczos vectors on disk), the reorthogonalization and the orthogonality
+#: check read ``V`` in blocks of whole rows of at most this many bytes (at least one row): 64 MiB,
+#: ``j`` contiguous runs of ``64 MiB / j`` each at step ``j`` (745 KB at ``j = 90``), large enough for
+#: full-speed BLAS and efficient reads, small against the RAM. Read at every call (tests set it small).
+VECTOR_BLOCK_BYTES = 64 * 2**20
+
 
 @dataclass(frozen=True, eq=False)
 class LanczosResult:
@@ -160,7 +183,9 @@ class LanczosResult:
         alpha: ndarray, shape (m,), float64: the diagonal of ``T``.
         beta: ndarray, shape (m - 1,), float64: the off-diagonal of ``T`` (all positive).
         vectors: ndarray, shape (dim, m), float64: the Lanczos vectors ``v_1 .. v_m`` as columns
-            (orthonormal); ``None`` when ``keep_vectors=False``.
+            (orthonormal); ``None`` when ``keep_vectors=False``. With ``vectors_file``, an
+            `numpy.memmap` view ``V[:, :m]`` of that file (Fortran order), valid while the file
+            exists; the caller owns the file and deletes it.
         residual_norm: ``b_m = ||A v_m - V T e_m||``, the norm of the residual after the last
             step: Ritz value ``theta_i`` of ``T`` with eigenvector ``s_i`` lies within
             ``residual_norm * |s_i[-1]|`` of an eigenvalue of ``A``. Below the breakdown
@@ -343,6 +368,63 @@ def _orthogonalize(w: np.ndarray, basis: np.ndarray, passes: int) -> tuple[np.nd
     return w, coefficients
 
 
+def _orthogonalize_streamed(
+    w: np.ndarray, basis: np.ndarray, passes: int, block_bytes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_orthogonalize` reading ``basis`` (dim, j) in blocks of whole rows of ``block_bytes``.
+
+    The blocks are ``V_r = basis[r0:r1, :]`` with ``(r1 - r0) * j * 8 <= block_bytes`` (at least one
+    row): ``j`` contiguous runs of the Fortran-ordered file each. Every pass is still one classical
+    Gram-Schmidt step, ``h = basis^T w = sum_r V_r^T w_r`` complete before ``w_r -= V_r h``. Since
+    ``w_r`` after the update of pass ``k`` depends on block ``r`` alone, the same sweep also sums
+    pass ``k + 1``'s ``V_r^T w_r``: ``passes + 1`` sweeps over ``basis`` instead of ``2 * passes``
+    (3 reads of the file a step, not 4). Sweeps alternate direction (by the parity of the sweep's
+    count over the whole run, ``j * (passes + 1)`` plus its index), so that each starts on the blocks
+    the previous one read last, which a page cache smaller than the file still holds. The process
+    allocates one ``j``-vector and one block of ``w`` besides; with the whole ``basis`` within one block,
+    this is :func:`_orthogonalize`, bit for bit.
+
+    Why rows, not column blocks: a column of a large model exceeds a block (25 million parameters:
+    200 MB a column), so that column blocks would be single columns, BLAS-1 products which read all of
+    ``w`` once per column: 3.7 times slower at ``dim = 10^7`` than one product over ``basis``, whereas
+    row blocks keep ``w_r`` in cache and run at the in-memory speed.
+
+    Args:
+        w: ndarray, shape (dim,), float64, projected in place.
+        basis: ndarray (or memory map), shape (dim, j), float64, Fortran order.
+        passes: the number of Gram-Schmidt passes, ``>= 1``.
+        block_bytes: the most bytes of ``basis`` read at once.
+
+    Returns:
+        ``(w, coefficients)``: the projected ``w`` and ``basis^T w`` (j,) summed over the passes.
+    """
+    dim, columns = basis.shape
+    rows = max(1, block_bytes // (8 * columns))
+    if rows >= dim:
+        return _orthogonalize(w, basis, passes)
+    blocks = [(first, min(first + rows, dim)) for first in range(0, dim, rows)]
+    coefficients = np.zeros(columns)
+    partial = np.empty(columns)
+    product = np.empty(rows)
+    previous = None  # the coefficients of the pass whose update this sweep applies
+    for sweep in range(passes + 1):
+        current = np.zeros(columns) if sweep < passes else None  # the pass this sweep sums
+        forward = (columns * (passes + 1) + sweep) % 2 == 0
+        for first, last in blocks if forward else reversed(blocks):
+            block, segment = basis[first:last], w[first:last]
+            if previous is not None:
+                update = product[: last - first]
+                np.matmul(block, previous, out=update)
+                segment -= update
+            if current is not None:
+                np.matmul(block.T, segment, out=partial)
+                current += partial
+        if previous is not None:
+            coefficients += previous
+        previous = current
+    return w, coefficients
+
+
 def _as_matvec(operator: Operator, dim: int | None) -> tuple[Matvec, int]:
     """``(v -> A v, dim)`` of a matvec function (``dim`` required), a square
     `scipy.sparse.linalg.LinearOperator` or a square symmetric real dense or
@@ -393,6 +475,7 @@ def lanczos(
     breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
     probe: str = "gaussian",
     start: np.ndarray | None = None,
+    vectors_file: str | os.PathLike | None = None,
 ) -> LanczosResult:
     """Run ``num_steps`` steps of Lanczos with full reorthogonalization.
 
@@ -414,17 +497,18 @@ def lanczos(
             ``matvec`` call per step.
         seed: int or sequence of ints, the seed of the start vector (see :func:`start_vector`),
             e.g. ``(run_seed, checkpoint_step, draw)``.
-        keep_vectors: return the Lanczos vectors. They are held in memory either way (full
-            reorthogonalization needs them); ``False`` only drops them from the result.
+        keep_vectors: return the Lanczos vectors. They are held either way (full
+            reorthogonalization needs them: in memory, or in ``vectors_file``); ``False`` only
+            drops them from the result.
         state_file: a checkpoint of the run, an ``.npz`` file written atomically every
             ``save_every`` steps. If it exists when ``lanczos`` starts and belongs to this run
             (the same ``dim``, ``num_steps``, ``seed``, ``probe``, ``start``, ``breakdown_tol`` and
             ``operator_identity``), the run resumes from it, and the result is bit-identical to an
-            uninterrupted run. A state file of another run or operator is discarded: the run
-            starts fresh (and overwrites it at its first save) after ``log`` has named every
-            differing key with its old and new value. ``lanczos`` never deletes it: the caller
-            removes it after its outputs are safely written, so that a kill between the return
-            and the output write still resumes.
+            uninterrupted run with the same ``vectors_file`` setting. A state file of another
+            run or operator is discarded: the run starts fresh (and overwrites it at its first
+            save) after ``log`` has named every differing key with its old and new value.
+            ``lanczos`` never deletes it: the caller removes it after its outputs are safely
+            written, so that a kill between the return and the output write still resumes.
         save_every: steps between checkpoints; required with ``state_file``.
         operator_identity: what defines the operator beyond its dimension, as a JSON-able
             mapping (nested mappings allowed; tuples compare as lists), e.g. the sha256 of the
@@ -450,6 +534,25 @@ def lanczos(
             within ``1e-8`` (e.g. :func:`hessflow.deflation.deflated_start_vector`); ``seed`` and
             ``probe`` then do not affect the run. Its sha256 is part of the run's identity in the
             state file, so a state begun from another start vector is not resumed.
+        vectors_file: where the Lanczos vectors live. ``None`` (the default): in memory, an
+            array of ``dim * num_steps * 8`` bytes (25 million parameters at ``num_steps = 90``:
+            18 GB). A path ending in ``.npy``: in that file, a float64 ``.npy`` array of shape
+            (dim, num_steps) in Fortran order, memory-mapped, so that the process allocates a few
+            ``dim``-vectors and reads one block of :data:`VECTOR_BLOCK_BYTES` at a time (the mapped
+            pages are page cache, written back and evicted by the kernel). A fresh run creates
+            (or overwrites: an earlier result's ``vectors`` mapped from it are lost) it and
+            reserves its disk space up front, so that a full disk fails here with an `OSError`
+            rather than mid-run. The Ritz values agree with the in-memory
+            run's to rounding (the sums over ``V`` are grouped by block), and bit for bit while
+            ``V`` fits one block. The result's ``vectors`` is then a memory-map view of the
+            file, valid while the file exists: the caller owns the file and deletes it (after
+            its outputs, and the state file, since a state of a disk run refers to it).
+            With ``state_file``, the state holds the file's name and the sha256 of its last saved
+            column instead of the vectors, and a resume reuses the file in place; a state whose
+            file is missing or holds other vectors is discarded (naming the file). Switching
+            the store between runs keeps a saved run: an in-memory state resumes into a disk run
+            (copied into the file) and a disk state into an in-memory run (read from its file).
+            Not part of the run's identity.
 
     Returns:
         A `LanczosResult`: ``tridiag`` (m, m), ``alpha`` (m,), ``beta`` (m-1,), ``vectors``
@@ -462,11 +565,13 @@ def lanczos(
         FloatingPointError: if ``matvec`` returns NaN or Inf (naming the step).
         ValueError: for invalid arguments (a non-square or non-symmetric matrix, a ``dim`` that
             disagrees with the operator's shape, an unknown ``probe``, a ``start`` of the wrong
-            shape or not of unit norm), a wrongly shaped ``matvec`` output, an
+            shape or not of unit norm, a ``vectors_file`` not ending in ``.npy`` or equal to
+            ``state_file``), a wrongly shaped ``matvec`` output, an
             ``operator_identity`` that is not JSON-able, or an unreadable or inconsistent state
             file (naming it, and saying to delete it).
         TypeError: for arguments of the wrong type (no ``num_steps``, a complex matrix) and a
             ``matvec`` output that is not float64.
+        OSError: ``vectors_file`` cannot be created or its disk space reserved (naming it).
 
     References:
         G. H. Golub and C. F. Van Loan, *Matrix Computations*, 4th ed., 10.1, 10.3.
@@ -491,6 +596,7 @@ def lanczos(
         gram_schmidt_passes=2,
         probe=probe,
         start=start,
+        vectors_file=vectors_file,
     )
 
 
@@ -510,6 +616,7 @@ def _lanczos(
     log: Callable[[str], None] | None = None,
     probe: str = "gaussian",
     start: np.ndarray | None = None,
+    vectors_file: str | os.PathLike | None = None,
 ) -> LanczosResult:
     """:func:`lanczos` with the number of Gram-Schmidt passes as a parameter.
 
@@ -526,6 +633,7 @@ def _lanczos(
         raise ValueError("state_file and save_every go together: give both or neither")
     if save_every is not None and (not isinstance(save_every, (int, np.integer)) or save_every < 1):
         raise ValueError(f"save_every must be a positive int; got {save_every!r}")
+    vectors_path = _check_vectors_file(vectors_file, state_file)
     entropy = _seed_entropy(seed)
     _check_probe(probe)
     if start is not None:
@@ -542,8 +650,11 @@ def _lanczos(
     }
 
     # Preallocated; Fortran order so that every Lanczos vector (column) and
-    # every leading block basis[:, :j] is contiguous for BLAS.
-    basis = np.zeros((dim, num_steps), order="F")
+    # every leading block basis[:, :j] is contiguous for BLAS. With a vectors file, `store` is its
+    # memory map (opened once the state file, if any, has been read) and `basis` a plain ndarray
+    # view of it.
+    store = None
+    basis = np.zeros((dim, num_steps), order="F") if vectors_path is None else None
     alpha = np.zeros(num_steps)
     # residual_norms[j] = b_(j+1), the norm of the residual after step j+1;
     # T's off-diagonal is residual_norms[:m-1], the last entry is residual_norm.
@@ -554,7 +665,7 @@ def _lanczos(
     next_vector = None
     discarded = None
     if state_file is not None and Path(state_file).exists():
-        loaded = _load_state(Path(state_file), run_identity, basis, alpha, residual_norms)
+        loaded = _load_state(Path(state_file), run_identity, basis, alpha, residual_norms, vectors_path)
         if isinstance(loaded, str):
             discarded = loaded
             message = f"discarding the Lanczos state {str(state_file)!r}: {discarded}; starting fresh"
@@ -563,8 +674,12 @@ def _lanczos(
             else:
                 log(message)
         else:
-            steps_done, next_vector = loaded
+            steps_done, next_vector, store = loaded
             resumed_from = steps_done
+    if vectors_path is not None:
+        if store is None:
+            store = _create_vectors_file(vectors_path, dim, num_steps)
+        basis = np.asarray(store)
     if next_vector is None:
         next_vector = start_vector(dim, entropy, probe) if start is None else start
 
@@ -580,8 +695,11 @@ def _lanczos(
                 w -= residual_norms[j - 1] * basis[:, j - 1]
             alpha[j] = basis[:, j] @ w
             w -= alpha[j] * basis[:, j]
-        else:
+        elif store is None:
             w, coefficients = _orthogonalize(w, basis[:, : j + 1], gram_schmidt_passes)
+            alpha[j] = coefficients[j]
+        else:
+            w, coefficients = _orthogonalize_streamed(w, basis[:, : j + 1], gram_schmidt_passes, VECTOR_BLOCK_BYTES)
             alpha[j] = coefficients[j]
         residual_norms[j] = np.linalg.norm(w)
         steps_done = j + 1
@@ -596,40 +714,73 @@ def _lanczos(
         # there again, deterministically.
         if not breakdown and state_file is not None and steps_done % save_every == 0:
             _save_state(
-                Path(state_file), run_identity, steps_done, basis, alpha, residual_norms, next_vector
+                Path(state_file),
+                run_identity,
+                steps_done,
+                basis if store is None else store,
+                alpha,
+                residual_norms,
+                next_vector,
+                vectors_file=None if vectors_path is None else os.fsdecode(os.fspath(vectors_file)),
             )
 
     m = steps_done
-    # The diagnostics use the whole basis, which is in memory whether or not it is returned, and
+    # The diagnostics use the whole basis, which is held whether or not it is returned, and
     # after a resume it is bit-identical to an uninterrupted run's: so are they.
     beta = residual_norms[: m - 1].copy()
+    if store is None:
+        orthogonality_loss = _orthogonality_loss(basis[:, :m])
+        vectors = basis[:, :m]
+    else:
+        orthogonality_loss = _orthogonality_loss(basis[:, :m], row_block=max(1, VECTOR_BLOCK_BYTES // (8 * m)))
+        store.flush()
+        vectors = store[:, :m]
     return LanczosResult(
         alpha=alpha[:m].copy(),
         beta=beta,
         # A view, not a copy: the basis can be gigabytes, and nothing else holds it.
-        vectors=basis[:, :m] if keep_vectors else None,
+        vectors=vectors if keep_vectors else None,
         residual_norm=float(residual_norms[m - 1]),
         stopped_early=m < num_steps,
         num_matvecs=num_matvecs,
         resumed_from=resumed_from,
         discarded_state=discarded,
-        orthogonality_loss=_orthogonality_loss(basis[:, :m]),
+        orthogonality_loss=orthogonality_loss,
         min_beta=float(np.min(beta, initial=np.inf)),
     )
 
 
-def _orthogonality_loss(vectors: np.ndarray) -> float:
+def _orthogonality_loss(vectors: np.ndarray, row_block: int | None = None) -> float:
     """``max_ij |(V^T V - I)_ij|`` of ``vectors`` (dim, m), from the upper triangle of ``V^T V``.
 
-    Row blocks of at most :data:`GRAM_BLOCK_ENTRIES` entries: ``V[:, s:e]^T V[:, s:]``, about
-    ``m^2 dim`` flops in all, no copy of ``V``.
+    Row blocks of the Gram matrix of at most :data:`GRAM_BLOCK_ENTRIES` entries:
+    ``V[:, s:e]^T V[:, s:]``, about ``m^2 dim`` flops in all, no copy of ``V``.
+
+    Args:
+        vectors: ndarray (or memory map), shape (dim, m), float64.
+        row_block: ``None``: each Gram block is one product over all of ``V`` (in memory).
+            An int: each Gram block is summed over blocks of this many rows of ``V``
+            (``V[r:r+row_block, s:e]^T V[r:r+row_block, s:]``), so that a memory-mapped ``V`` is
+            read once per Gram block, in pieces of ``row_block * m`` numbers (``m`` contiguous
+            runs of ``row_block``), and never held whole.
+
+    Returns:
+        The loss, a Python float.
     """
-    m = vectors.shape[1]
+    dim, m = vectors.shape
     block = max(1, min(m, GRAM_BLOCK_ENTRIES // m))
     loss = 0.0
     for first in range(0, m, block):
         last = min(first + block, m)
-        gram = vectors[:, first:last].T @ vectors[:, first:]
+        if row_block is None:
+            gram = vectors[:, first:last].T @ vectors[:, first:]
+        else:
+            gram = np.zeros((last - first, m - first))
+            partial = np.empty_like(gram)
+            for row in range(0, dim, row_block):
+                rows = slice(row, min(row + row_block, dim))
+                np.matmul(vectors[rows, first:last].T, vectors[rows, first:], out=partial)
+                gram += partial
         diagonal = np.arange(last - first)
         gram[diagonal, diagonal] -= 1.0
         loss = max(loss, float(np.max(np.abs(gram, out=gram))))
@@ -741,6 +892,157 @@ def _identity_differences(saved: Mapping, current: Mapping) -> list[str]:
     ]
 
 
+def _check_vectors_file(
+    vectors_file: str | os.PathLike | None, state_file: str | os.PathLike | None
+) -> Path | None:
+    """``vectors_file`` as a Path, checked; ``None`` for in-memory vectors.
+
+    Raises:
+        TypeError: ``vectors_file`` is not a path.
+        ValueError: its name does not end in ``.npy``, or it is the same file as ``state_file``.
+    """
+    if vectors_file is None:
+        return None
+    try:
+        name = os.fsdecode(os.fspath(vectors_file))
+    except TypeError:
+        raise TypeError(
+            f"vectors_file must be a path (str or os.PathLike); got {type(vectors_file).__name__}"
+        ) from None
+    if not name.endswith(".npy"):
+        raise ValueError(f"vectors_file must name a .npy file; got {name!r}")
+    path = Path(name)
+    if state_file is not None and _same_path(path, Path(state_file)):
+        raise ValueError(
+            f"vectors_file {name!r} is the state file {os.fsdecode(os.fspath(state_file))!r}: "
+            "the Lanczos vectors need a file of their own"
+        )
+    return path
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file: the same inode if both exist, else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+#: posix_fallocate errors that mean "not supported here" (the file then stays sparse).
+_NO_FALLOCATE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+
+def _create_vectors_file(path: Path, dim: int, num_steps: int) -> np.memmap:
+    """Create (or overwrite) the vectors file of a fresh disk run and map it.
+
+    The file is a zero-filled float64 ``.npy`` array of shape (dim, num_steps) in Fortran order,
+    mapped read-write. Its disk space is reserved with ``posix_fallocate`` where the platform has
+    it, so that a full disk shows here as an `OSError`, not later as a SIGBUS when the kernel
+    cannot write back a page of the map.
+
+    Returns:
+        `numpy.memmap`, shape (dim, num_steps), float64, Fortran order.
+
+    Raises:
+        OSError: the file cannot be created or its space reserved (naming it and its size).
+    """
+    size = dim * num_steps * 8
+    try:
+        store = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.float64, shape=(dim, num_steps), fortran_order=True
+        )
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot create the Lanczos vectors file {str(path)!r} ({size:,} bytes): {error.strerror}"
+        ) from error
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in _NO_FALLOCATE:
+                del store
+                path.unlink(missing_ok=True)
+                raise OSError(
+                    error.errno,
+                    f"cannot reserve {size:,} bytes for the Lanczos vectors file {str(path)!r}: {error.strerror}",
+                ) from error
+    return store
+
+
+def _open_saved_vectors(
+    path: Path, dim: int, num_steps: int, steps_done: int, checksum: str, mode: str
+) -> np.memmap | str:
+    """Map the vectors file of a saved disk run, checked to hold this run's vectors.
+
+    Checks that ``path`` is a float64 ``.npy`` array of shape (dim, num_steps) in Fortran order
+    whose column ``steps_done - 1`` has the sha256 ``checksum`` saved with the state.
+
+    Args:
+        path: the file, resolved as given.
+        dim, num_steps: this run's sizes.
+        steps_done: the number of columns the state counts.
+        checksum: the state's ``vectors_sha256``.
+        mode: ``"r+"`` to resume in place, ``"r"`` to read the columns.
+
+    Returns:
+        The `numpy.memmap`, or why it is unusable: a str beginning with the file's name (quoted).
+    """
+    name = repr(str(path))
+    try:
+        store = np.lib.format.open_memmap(path, mode=mode)
+    except FileNotFoundError:
+        return f"{name} is missing"
+    except (OSError, ValueError) as error:
+        return f"{name} is unreadable ({error})"
+    if store.shape != (dim, num_steps) or store.dtype != np.float64 or not store.flags.f_contiguous:
+        order = "Fortran" if store.flags.f_contiguous else "C"
+        return (
+            f"{name} holds a {store.dtype} array of shape {store.shape} in {order} order, not this run's "
+            f"({dim}, {num_steps}) float64 in Fortran order"
+        )
+    if _vector_sha256(store[:, steps_done - 1]) != checksum:
+        return f"{name} holds other vectors (its column {steps_done} does not match the state's sha256)"
+    return store
+
+
+def _read_npy_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` from the header of an ``.npy`` stream, left at its data."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(member)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def _read_numbers(member, count: int, dtype: np.dtype) -> np.ndarray:
+    data = member.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise ValueError("the vectors member is truncated")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def _copy_state_vectors(path: Path, target: np.ndarray, steps_done: int) -> None:
+    """Stream the ``vectors`` field (dim, steps_done) of the state ``path`` into ``target[:, :steps_done]``.
+
+    A column at a time (a Fortran-ordered field, as :func:`_save_state` writes it) or a block of
+    :data:`VECTOR_BLOCK_BYTES` of rows (a C-ordered one), so that the field is never held whole.
+    """
+    dim = target.shape[0]
+    with np.load(path, allow_pickle=False) as state, state.zip.open("vectors.npy") as member:
+        _, fortran_order, dtype = _read_npy_header(member)
+        if fortran_order or steps_done == 1:
+            for column in range(steps_done):
+                target[:, column] = _read_numbers(member, dim, dtype)
+        else:
+            rows_per_block = max(1, VECTOR_BLOCK_BYTES // (8 * steps_done))
+            for first in range(0, dim, rows_per_block):
+                rows = min(rows_per_block, dim - first)
+                block = _read_numbers(member, rows * steps_done, dtype).reshape(rows, steps_done)
+                target[first : first + rows, :steps_done] = block
+
+
 def _save_state(
     path: Path,
     run_identity: dict,
@@ -749,12 +1051,43 @@ def _save_state(
     alpha: np.ndarray,
     residual_norms: np.ndarray,
     next_vector: np.ndarray,
+    vectors_file: str | None = None,
 ) -> None:
     """Atomically write the resumable state (np.savez to a temporary file, then os.replace).
 
     The run's identity (sizes, seed, tolerance and the operator's identity) is one JSON string:
-    a unicode array, which loads without pickle.
+    a unicode array, which loads without pickle. Fields (format version 2):
+
+    - ``format_version``: int64 scalar, :data:`STATE_FORMAT_VERSION`;
+    - ``identity``: str scalar, the JSON of ``run_identity``;
+    - ``steps_done``: int64 scalar, ``s``;
+    - ``alpha``, ``residual_norms``: (s,) float64;
+    - in-memory runs: ``vectors``: (dim, s) float64, Fortran order, the first ``s`` Lanczos vectors;
+    - disk runs, instead: ``vectors_file``: str scalar, the vectors file's name as given to
+      :func:`lanczos` (resolved as given on resume), and ``vectors_sha256``: str scalar, 64 hex
+      digits, the sha256 of the little-endian bytes of column ``s - 1`` (a cheap check that the
+      file holds this run's vectors). The map is flushed first, so that the file holds the ``s``
+      columns before the state counts them;
+    - ``next_vector``: (dim,) float64, ``v_(s+1)``.
+
+    Args:
+        path: the state file.
+        run_identity: the run's identity.
+        steps_done: ``s``.
+        basis: (dim, num_steps) float64: the in-memory basis, or the `numpy.memmap` of the vectors
+            file (disk runs).
+        alpha, residual_norms: (num_steps,) float64; their first ``s`` entries are saved.
+        next_vector: (dim,) float64.
+        vectors_file: the vectors file's name (disk runs), or ``None`` (in-memory runs).
     """
+    if vectors_file is None:
+        vectors = {"vectors": basis[:, :steps_done]}
+    else:
+        basis.flush()
+        vectors = {
+            "vectors_file": np.array(vectors_file),
+            "vectors_sha256": np.array(_vector_sha256(basis[:, steps_done - 1])),
+        }
     with atomic_write(path) as tmp:
         # Through a file object: np.savez would append ".npz" to a bare name.
         with open(tmp, "wb") as f:
@@ -765,29 +1098,65 @@ def _save_state(
                 steps_done=np.int64(steps_done),
                 alpha=alpha[:steps_done],
                 residual_norms=residual_norms[:steps_done],
-                vectors=basis[:, :steps_done],
+                **vectors,
                 next_vector=next_vector,
             )
+
+
+def _is_str_scalar(value: np.ndarray) -> bool:
+    return value.shape == () and value.dtype.kind == "U"
 
 
 def _load_state(
     path: Path,
     run_identity: dict,
-    basis: np.ndarray,
+    basis: np.ndarray | None,
     alpha: np.ndarray,
     residual_norms: np.ndarray,
-) -> tuple[int, np.ndarray] | str:
-    """Validate a state file against this run and load it into the preallocated arrays.
+    vectors_file: Path | None = None,
+) -> tuple[int, np.ndarray, np.memmap | None] | str:
+    """Validate a state file against this run and load it (the fields: see :func:`_save_state`).
 
-    Returns ``(steps_done, next_vector)``, or why the file belongs to another run or operator
-    (a str naming every differing key, or the older format): the caller starts fresh. Raises
-    ValueError for a file that is unreadable or inconsistent in itself (corrupt, or not a state
-    file): that is no stale state but damage, and is named.
+    The store of the state and of this run may differ; none loses the saved steps:
+
+    - ``vectors`` in the state, in-memory run: copied into ``basis``;
+    - ``vectors`` in the state, disk run: streamed, a column at a time, into a fresh
+      ``vectors_file``;
+    - ``vectors_file`` in the state, disk run: this run's ``vectors_file``, if it holds the
+      state's vectors (see :func:`_open_saved_vectors`), is reused in place, unread; else, if the
+      state names another file that does, that one is copied into a fresh ``vectors_file``;
+      else the state is not resumed;
+    - ``vectors_file`` in the state, in-memory run: its columns are read from the file the state
+      names, if it holds the state's vectors; else the state is not resumed.
+
+    Args:
+        path: the state file.
+        run_identity: this run's identity, compared with the saved one.
+        basis: in-memory runs: the preallocated (dim, num_steps) float64 basis, whose first
+            ``steps_done`` columns are filled; disk runs: unused (``None``).
+        alpha, residual_norms: (num_steps,) float64, the first ``steps_done`` entries filled.
+        vectors_file: this run's vectors file, or ``None`` (in-memory run).
+
+    Returns:
+        ``(steps_done, next_vector, store)``, ``store`` being the `numpy.memmap` of
+        ``vectors_file`` (read-write, its first ``steps_done`` columns loaded) in a disk run and
+        ``None`` in an in-memory run; or why the state is not resumed (a str: the differing keys,
+        the older format, or the vectors file that is missing or holds other vectors, named): the
+        caller starts fresh.
+
+    Raises:
+        ValueError: the file is unreadable or inconsistent in itself (corrupt, or not a state
+            file): that is no stale state but damage, and is named.
     """
     advice = "delete the file to start this run from scratch"
+    streamed = vectors_file is not None  # a disk run never loads a saved basis whole
     try:
         with np.load(path, allow_pickle=False) as state:
-            fields = {name: state[name] for name in state.files}
+            fields = {name: state[name] for name in state.files if not (streamed and name == "vectors")}
+            if streamed and "vectors" in state.files:
+                with state.zip.open("vectors.npy") as member:
+                    shape, _, dtype = _read_npy_header(member)
+                fields["vectors"] = SimpleNamespace(shape=shape, dtype=dtype)  # streamed once resumable
     except Exception as error:  # a truncated or foreign file: say which one
         raise ValueError(f"Lanczos state file {str(path)!r} is unreadable ({error}); {advice}") from error
 
@@ -815,19 +1184,55 @@ def _load_state(
         return "it belongs to another run or operator: " + "; ".join(differences)
 
     steps_done = int(require("steps_done"))
-    dim = run_identity["dim"]
+    dim, num_steps = run_identity["dim"], run_identity["num_steps"]
+    # The vectors are in the state, or (a disk run's state) in the file it names.
+    in_file = "vectors" not in fields and "vectors_file" in fields
     shapes = {
         "alpha": (steps_done,),
         "residual_norms": (steps_done,),
-        "vectors": (dim, steps_done),
         "next_vector": (dim,),
     }
-    if not 1 <= steps_done <= run_identity["num_steps"] or any(
-        require(name).shape != shape or require(name).dtype != np.float64 for name, shape in shapes.items()
+    if not in_file:
+        shapes["vectors"] = (dim, steps_done)
+    if (
+        not 1 <= steps_done <= num_steps
+        or any(require(name).shape != shape or require(name).dtype != np.float64 for name, shape in shapes.items())
+        or in_file
+        and not (_is_str_scalar(require("vectors_file")) and _is_str_scalar(require("vectors_sha256")))
     ):
         raise ValueError(f"Lanczos state file {str(path)!r} is inconsistent (steps_done={steps_done}); {advice}")
 
-    basis[:, :steps_done] = fields["vectors"]
+    store = None
+    if not in_file and vectors_file is None:
+        basis[:, :steps_done] = fields["vectors"]
+    elif not in_file:
+        store = _create_vectors_file(vectors_file, dim, num_steps)
+        try:
+            _copy_state_vectors(path, store, steps_done)
+        except Exception as error:
+            raise ValueError(f"Lanczos state file {str(path)!r} is unreadable ({error}); {advice}") from error
+    else:
+        saved_file = Path(str(fields["vectors_file"].item()))
+        checksum = str(fields["vectors_sha256"].item())
+        if vectors_file is None:
+            source = _open_saved_vectors(saved_file, dim, num_steps, steps_done, checksum, "r")
+            if isinstance(source, str):
+                return f"its Lanczos vectors file {source}"
+            basis[:, :steps_done] = source[:, :steps_done]
+            del source
+        else:
+            store = _open_saved_vectors(vectors_file, dim, num_steps, steps_done, checksum, "r+")
+            if isinstance(store, str):
+                reason = f"its Lanczos vectors file {store}"
+                if _same_path(saved_file, vectors_file):
+                    return reason
+                source = _open_saved_vectors(saved_file, dim, num_steps, steps_done, checksum, "r")
+                if isinstance(source, str):
+                    return f"{reason}, and the file the state names, {source}"
+                store = _create_vectors_file(vectors_file, dim, num_steps)
+                store[:, :steps_done] = source[:, :steps_done]
+                del source
+
     alpha[:steps_done] = fields["alpha"]
     residual_norms[:steps_done] = fields["residual_norms"]
-    return steps_done, fields["next_vector"].copy()
+    return steps_done, fields["next_vector"].copy(), store

@@ -30,7 +30,10 @@ from typing import Any
 from hessflow.layout import BASIS_DRAW
 
 __all__ = ["BASIS_DRAW", "OPERATOR_CLASSES", "LanczosJobSpec", "run_lanczos_job", "launch_workers", "local_cluster",
-           "operator_identity", "start_seed"]
+           "operator_identity", "start_seed", "vectors_file_beside", "VECTOR_STORES"]
+
+#: Where a job's Lanczos vectors live (config ``lanczos.vector_store``).
+VECTOR_STORES = ("memory", "disk")
 
 #: The config's operator names and the `hessflow.hvp` classes they build.
 OPERATOR_CLASSES = {"hessian": "HessianOperator", "ggn": "GGNOperator"}
@@ -74,6 +77,12 @@ class LanczosJobSpec:
         outputs: ``{"tridiag", "provenance", "vectors" (optional)}`` paths.
         checkpoint_record: the train job's ``{step: sha256}`` of its checkpoints
             (``train/checkpoints.json``), checked before the checkpoint is loaded; None checks nothing.
+        data: ``"memory"`` (the training arrays read once into memory) or ``"stream"`` (read from
+            their files batch by batch every pass, `hessflow.streaming`: data sets beyond RAM; one
+            device only). The same operator bit for bit, so not part of its identity.
+        vector_store: ``"memory"`` or ``"disk"``: where the n x m Lanczos vectors live while the job
+            runs; ``disk``: a memory-mapped ``.npy`` beside the state file (`vectors_file_beside`),
+            which the resumable state reuses and the job deletes once its outputs are written.
         deflation: ``{"tridiag", "vectors", "provenance"}``, the outputs of the deflation basis run
             of the same operator and checkpoint: the run is then on ``P H P``, ``P = I - V V^T``
             with ``V`` the basis run's Lanczos vectors (`hessflow.deflation`), from the projected
@@ -102,6 +111,8 @@ class LanczosJobSpec:
     variables: list[str] | None = None
     probe: str = "gaussian"
     deflation: dict | None = None
+    data: str = "memory"
+    vector_store: str = "memory"
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> LanczosJobSpec:
@@ -157,7 +168,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     import tensorflow as tf
 
     import hessflow
-    from hessflow import artifacts, checkpoints, data, factories, hvp, integrity, objectives
+    from hessflow import artifacts, checkpoints, data, factories, hvp, integrity, objectives, streaming
     from hessflow.deflation import DeflatedOperator, complement_weight, deflated_start_vector
     from hessflow.lanczos import health_warnings, lanczos
 
@@ -168,9 +179,18 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     # Ampere) keeps 10 bits of mantissa: ~1e-3 relative per product, where float32's ~1e-7 is what
     # the operator's accuracy rests on. Off in every Hessian pass; training may keep it.
     tf.config.experimental.enable_tensor_float_32_execution(False)
+    if spec.vector_store not in VECTOR_STORES:
+        raise ValueError(f"config lanczos.vector_store must be one of {VECTOR_STORES}, got {spec.vector_store!r}")
+    if spec.data not in hvp.DATA_MODES:
+        raise ValueError(f"config hessian.data must be one of {hvp.DATA_MODES}, got {spec.data!r}")
+    if spec.data == "stream" and strategy is not None:
+        raise ValueError(f"config hessian.data: stream reads the data on one device, but lanczos.strategy is "
+                         f"{spec.strategy!r}: set lanczos.strategy: default, or hessian.data: memory")
     start = time.perf_counter()
     hessian, objective = spec.hessian, spec.objective
-    x, y = np.load(spec.images), np.load(spec.labels)
+    # Streaming: memory-mapped only to be hashed (page by page) and to resolve the preprocessing.
+    mmap_mode = "r" if spec.data == "stream" else None
+    x, y = np.load(spec.images, mmap_mode=mmap_mode), np.load(spec.labels, mmap_mode=mmap_mode)
     # From the data card, never from the labels at hand (a truncated set may miss classes).
     card = json.loads(Path(spec.card).read_text())
     # The arrays prepare_data wrote (the card's sha256), and part of the operator's identity.
@@ -188,9 +208,17 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     checksum = checkpoints.weights_checksum(model)
     distribute.check_same_weights(strategy, checksum)
     to_inputs = data.resolve_preprocess(objective["preprocess"], x[:1])
+    if spec.data == "stream":
+        del x, y  # unmapped: every pass reads its batches from the files
+        batches = streaming.npy_batches(spec.images, spec.labels, hessian["batch_size"],
+                                        num_examples=hessian["max_examples"],
+                                        to_inputs=lambda batch: to_inputs(batch, hessian["dtype"]))
+    else:
+        batches = data.fixed_batches(to_inputs(x, hessian["dtype"]), y, hessian["batch_size"])
     operator = getattr(hvp, OPERATOR_CLASSES[spec.operator])(
         model,
-        data.fixed_batches(to_inputs(x, hessian["dtype"]), y, hessian["batch_size"]),
+        batches,
+        data=spec.data,
         loss=objectives.make_loss(objective["loss"]["name"], objective["loss"].get("options")),
         weight_decay=objective["weight_decay"],
         batch_norm=hessian["batch_norm"],
@@ -210,13 +238,14 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     log(f"step {step}, {run}, {spec.operator} of block {spec.block} ({len(operator.variable_paths)} of "
         f"{len(model.trainable_variables)} variables): n = {operator.dim:,} parameters, "
         f"{operator.num_examples:,} examples in "
-        f"{operator.num_batches} batches over {operator.num_replicas} replica(s) ({spec.strategy}); "
+        f"{operator.num_batches} batches ({spec.data}) over {operator.num_replicas} replica(s) ({spec.strategy}); "
         f"loss {loss:.6g}, gradient norm {np.linalg.norm(gradient):.6g}")
 
     chief = distribute.is_chief(strategy)
     state_file = spec.state_file if chief else f"{spec.state_file}.{distribute.task_description().replace(' ', '_')}"
     if os.path.exists(state_file):
         log(f"found resumable state {state_file}")
+    vectors_file = vectors_file_beside(state_file) if spec.vector_store == "disk" else None
     seed = start_seed(spec.run_seed, step, draw)
     identity = operator_identity(spec, checksum, data_sha256, operator.num_replicas)
     operator_sha256 = _identity_sha256(identity)
@@ -236,7 +265,8 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         operator.dim,
         spec.num_steps,
         seed=seed,
-        keep_vectors=True,  # held in memory either way; the gradient's fractions need them
+        keep_vectors=True,  # held either way (in memory or in vectors_file); the gradient's fractions need them
+        vectors_file=vectors_file,
         probe=spec.probe,
         start=start_vector,
         state_file=state_file,
@@ -255,8 +285,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         log(f"warning: {warning}")
     fractions = None if spec.deflation is not None else gradient_fractions(result, gradient)
     if not chief:
-        if os.path.exists(state_file):
-            os.remove(state_file)
+        _remove_scratch(state_file, vectors_file)
         return None
 
     outputs = spec.outputs
@@ -298,6 +327,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "batch_size": hessian["batch_size"],
         "batch_norm": hessian["batch_norm"],
         "dtype": hessian["dtype"],
+        "data": spec.data,
         "weight_decay": objective["weight_decay"],
         "loss_function": objective["loss"],
         "preprocess": objective["preprocess"],
@@ -325,9 +355,22 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "host": platform.node(),
     }
     artifacts.save_json(outputs["provenance"], provenance)
-    if os.path.exists(state_file):  # outputs are in place: the resumable state has served
-        os.remove(state_file)
+    _remove_scratch(state_file, vectors_file)  # outputs are in place: the resumable state has served
     return provenance
+
+
+def vectors_file_beside(state_file: str) -> str:
+    """The Lanczos vectors file of ``lanczos.vector_store: disk``: ``.state_3.npz`` -> ``.state_3.vectors.npy``."""
+    root, extension = os.path.splitext(state_file)
+    return f"{root if extension == '.npz' else state_file}.vectors.npy"
+
+
+def _remove_scratch(state_file: str, vectors_file: str | None) -> None:
+    """Deletes the resumable state, then its vectors file: killed in between, a rerun finds no state
+    (it starts fresh), never a state whose vectors are gone."""
+    for path in (state_file, vectors_file):
+        if path is not None and os.path.exists(path):
+            os.remove(path)
 
 
 #: The most Ritz vectors whose span's share of the gradient a job records (``gradient_fractions``).
@@ -380,7 +423,8 @@ def _deflation_basis(files: dict, dim: int, operator_sha256: str):
     if provenance.get("operator_sha256") != operator_sha256:
         raise ValueError(f"deflation basis {files['provenance']}: computed for another operator (checkpoint, data, "
                          f"loss or hessian.* settings) than this draw's; {fix}")
-    vectors = np.load(files["vectors"])
+    # Memory-mapped: a basis beyond RAM is read as the projections need it (one deflated pass reads it twice).
+    vectors = np.load(files["vectors"], mmap_mode="r")
     k = tridiag.shape[0]
     if vectors.shape != (dim, k):
         raise ValueError(f"deflation basis {files['vectors']}: shape {vectors.shape}, expected ({dim}, {k}) (n "

@@ -172,8 +172,10 @@ def top_pairs_inputs():
 
 def hessian_params():
     """What defines the operators besides the operator and the block (``hessian.*`` less
-    ``operator`` and ``blocks``): adding an operator or a block reruns no existing job."""
-    return {key: value for key, value in config["hessian"].items() if key not in ("operator", "blocks")}
+    ``operator``, ``blocks`` and ``data``): adding an operator or a block reruns no existing job,
+    and neither does switching ``hessian.data`` (memory or stream: the same operator bit for bit;
+    the Lanczos script reads it from the config)."""
+    return {key: value for key, value in config["hessian"].items() if key not in ("operator", "blocks", "data")}
 
 
 def step_label(wildcards):

@@ -44,6 +44,7 @@ rule lanczos:
         num_steps=config["lanczos"]["steps"],
         probe=config["lanczos"]["probe"],
         save_every=config["lanczos"]["save_every"],
+        vector_store=config["lanczos"]["vector_store"],
         seed=config["seed"],
         strategy=config["lanczos"]["strategy"],
         workers=config["lanczos"]["workers"],
