@@ -2,7 +2,7 @@
 
 Full reorthogonalization keeps the ``m`` Lanczos vectors, ``n * m * 8`` bytes: 18 GB for 25 million
 parameters at ``m = 90``. With ``vectors_file`` they live in a memory-mapped ``.npy`` file, and both
-Gram-Schmidt passes stream over it in column blocks of ``VECTOR_BLOCK_BYTES`` (64 MiB). This script
+Gram-Schmidt passes stream over it in row blocks of at most ``VECTOR_BLOCK_BYTES`` (64 MiB). This script
 times a Lanczos step with each store, and measures what each allocates, for a diagonal operator
 (``v -> d * v``, ``d`` evenly spaced in [1, 2]), whose cost is negligible, so that the
 reorthogonalization (``~ 4 j n`` flops and ``4 j n * 8`` bytes read at step ``j``) is the whole step.

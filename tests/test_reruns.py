@@ -67,13 +67,21 @@ def test_each_change_reruns_exactly_what_it_affects(tmp_path_factory):
     steps, draws = [20], [0, 1]
     assert planned_jobs(workdir, config) == {}, "the copied baseline is not up to date"
 
+    # Streaming the data (the same operator bit for bit): no job but the record of the resolved
+    # config. Every Lanczos job below then runs streamed.
+    config = changed(config, "hessian.data", "stream")
+    record = {job("resolved_config"), job("manifest")}
+    check_run(workdir, config, check_dry_run(workdir, config, record, "hessian.data"), "hessian.data")
+
     # The Lanczos step count: every Lanczos job and what follows from it, nothing before it.
     config = changed(config, "lanczos.steps", 12)
     expected = lanczos_jobs(steps, draws) | downstream(steps)
     check_run(workdir, config, check_dry_run(workdir, config, expected, "lanczos.steps"), "lanczos.steps")
 
-    # The batch-norm mode: the same set (dry run only: the run would check what the one above did).
+    # The batch-norm mode, and where the Lanczos vectors live (their rounding): the same set (dry
+    # runs only: the run would check what the one above did).
     check_dry_run(workdir, changed(config, "hessian.batch_norm", "inference"), expected, "hessian.batch_norm")
+    check_dry_run(workdir, changed(config, "lanczos.vector_store", "disk"), expected, "lanczos.vector_store")
 
     # Analysing one more saved checkpoint: its Lanczos draws and what depends on them; no training,
     # no evaluation (every saved checkpoint is evaluated already), no existing Lanczos job.
