@@ -123,6 +123,28 @@ def cgroup_limited(argv: list[str], limit_bytes: int, env: dict) -> tuple[dict |
         group.rmdir()
 
 
+def scaling(args, argv, env, load_before, started) -> None:
+    """Stream passes over data sets of ``args.scaling`` images: how their time and memory grow with N."""
+    rows = []
+    for examples in args.scaling:
+        x_path, y_path = generate(SCRATCH, examples)
+        out = common.run_child(argv("stream", x_path, y_path), env=env, timeout=3600)
+        print(f"N = {examples:,}: {out}", flush=True)
+        rows.append([examples, out["batches"], out["setup_s"], out["gradient_pass_s"], out["hvp_median_s"],
+                     out["hvp_median_s"] / examples * 1e6, out["peak_rss_mib"]])
+    headers = ["images N", "batches", "construction s (one counting pass)", "gradient pass s", "HVP s",
+               "HVP µs per image", "peak RSS MiB"]
+    body = (f"### Stream passes by N (MLP 3,072-{args.hidden}-10, float32, batch {args.batch:,}, no memory limit)\n\n"
+            f"{common.markdown_table(headers, rows)}\n\n"
+            "Each row a fresh process; the data sets are generated uint8 32x32x3 images on the local disk (in the "
+            "page cache where they fit it). *construction*: the operator's one pass over the pipeline that counts "
+            "batches and examples (reading and standardizing, no model).\n\n"
+            f"Script wall time: {time.perf_counter() - started:.0f} s.")
+    common.append_results("Issue 15 item 1: stream passes by N (stream_memory.py --scaling)", body,
+                          common.versions("tensorflow", "keras", "numpy"), load_before,
+                          command=" ".join(["benchmarks/stream_memory.py", *sys.argv[1:]]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=1_300_000, help="images of the big data set")
@@ -132,6 +154,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--products", type=int, default=2, help="Hessian-vector products timed per run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of the fitting pair")
+    parser.add_argument("--scaling", type=int, nargs="+", default=None,
+                        help="only time stream passes (no limit) over data sets of these sizes")
     parser.add_argument("--clean", action="store_true", help="delete the generated data sets")
     parser.add_argument("--child", choices=["memory", "stream"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--x", default=None, help=argparse.SUPPRESS)
@@ -155,6 +179,9 @@ def main() -> None:
         return [sys.executable, __file__, "--child", mode, "--x", str(x_path), "--y", str(y_path),
                 "--batch", str(args.batch), "--hidden", str(args.hidden), "--products", str(args.products)]
 
+    if args.scaling:
+        scaling(args, argv, env, load_before, started)
+        return
     big_x, big_y = generate(SCRATCH, args.examples)
     size_mib = (big_x.stat().st_size + big_y.stat().st_size) / 2**20
     print(f"data set: {args.examples:,} images, {size_mib:,.0f} MiB on disk; limit {args.limit_mib:,} MiB", flush=True)
