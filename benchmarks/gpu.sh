@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Items 1 and 2 of the benchmarks on one GPU, in under 8 minutes once the venvs exist:
-# ResNet-32 (and the demo CNN) against the limit, and hessflow against the PyTorch peers on CUDA.
+# ResNet-32 (and the demo CNN) against the limit, and hessflow against the PyTorch peers on CUDA;
+# then issue 15's streamed passes by N, the 5M-parameter VGG and the disk vector store (~4 min).
 #
 #   bash benchmarks/gpu.sh            # from the repository root, on a machine with an NVIDIA GPU
 #
@@ -56,6 +57,14 @@ echo "== item 2: against the peers on CUDA"
 timeout 200 benchmarks/.venv-gpu/bin/python benchmarks/peers.py --device cuda \
     --images 2000 --batch 500 --steps 3 --reps 3 --density-steps 90 --density-draws 10 \
     2>&1 | tee "$LOGS/gpu_peers.log"
+
+echo "== issue 15: streaming data, the 5M-parameter VGG, Lanczos vectors on disk"
+timeout 100 benchmarks/.venv-gpu/bin/python benchmarks/stream_memory.py --scaling 100000 400000 \
+    --batch 1000 --products 2 2>&1 | tee "$LOGS/gpu_stream.log" || true
+timeout 80 benchmarks/.venv-gpu/bin/python benchmarks/big_model.py --images 1024 --batch 256 --steps 6 \
+    2>&1 | tee "$LOGS/gpu_big_model.log" || true
+timeout 60 benchmarks/.venv-gpu/bin/python benchmarks/vector_store.py --sizes 1e6 1e7 --steps 20 \
+    2>&1 | tee "$LOGS/gpu_vector_store.log" || true
 
 cp benchmarks/RESULTS.md "$LOGS/RESULTS.md" 2>/dev/null || true
 echo "total: $(( $(date +%s) - start )) s"

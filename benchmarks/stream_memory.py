@@ -168,9 +168,6 @@ def main() -> None:
         for path in SCRATCH.glob("*.npy"):
             path.unlink()
         return
-    if not os.access(CGROUP / "cgroup.procs", os.W_OK):
-        sys.exit(f"{CGROUP} is not writable here (cgroup v1 memory controller as root is needed)")
-
     load_before = common.load_average()
     started = time.perf_counter()
     env = {"PYTHONPATH": str(common.REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -182,6 +179,9 @@ def main() -> None:
     if args.scaling:
         scaling(args, argv, env, load_before, started)
         return
+    if not os.access(CGROUP / "cgroup.procs", os.W_OK):
+        sys.exit(f"{CGROUP} is not writable here (cgroup v1 memory controller as root is needed); "
+                 "--scaling needs none")
     big_x, big_y = generate(SCRATCH, args.examples)
     size_mib = (big_x.stat().st_size + big_y.stat().st_size) / 2**20
     print(f"data set: {args.examples:,} images, {size_mib:,.0f} MiB on disk; limit {args.limit_mib:,} MiB", flush=True)

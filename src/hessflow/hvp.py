@@ -364,10 +364,13 @@ class _CurvatureOperator(LinearOperator):
     def _stream_pass_functions(self, loss, product_options, gradient_options):
         """Whole-pass functions over the pipeline: ``v -> Σ_b product_b`` and ``() -> (Σ loss, Σ gradient)``.
 
+        On one device, for either data mode: the pipeline is the in-memory batches or the stream.
         The loop over the batches runs inside one `tf.function` (a Python loop over a `tf.data`
-        iterator stalled 1.3-2.5 s a pass here). The per-batch kernels are the ones of the memory
-        mode, and each batch's float64 result is added to the float64 total in batch order, as the
-        memory mode adds them in numpy: the same sums, bit for bit.
+        iterator stalled 1.3-2.5 s a pass here), and each batch's float64 result is added to the
+        float64 total in batch order. Only the pipeline differs between the modes, so the traced
+        graphs, and the sums, are the same bit for bit. (Calling the per-batch kernel from Python
+        instead gives other float32 bits: TensorFlow's arithmetic optimizer rewrites a function
+        called from another one differently.)
         """
         x_spec, y_spec = (tf.TensorSpec((None, *spec.shape[1:]), spec.dtype) for spec in self._stream.element_spec)
         product = type(self)._traced_product(self.model, loss, x_spec, y_spec, **product_options)
@@ -381,6 +384,9 @@ class _CurvatureOperator(LinearOperator):
             total = tf.zeros((dim,), tf.float64)
             batches = iter(dataset)
             for _ in tf.range(num_batches):
+                # One batch at a time: by default a while loop runs up to 10 iterations at once,
+                # each with its batch's activations (twice the memory, no faster).
+                tf.autograph.experimental.set_loop_options(parallel_iterations=1)
                 x, y = next(batches)
                 total += product(x, y, v)
             return total
@@ -390,6 +396,7 @@ class _CurvatureOperator(LinearOperator):
             loss_sum, gradient_sum = tf.constant(0.0, tf.float64), tf.zeros((dim,), tf.float64)
             batches = iter(dataset)
             for _ in tf.range(num_batches):
+                tf.autograph.experimental.set_loop_options(parallel_iterations=1)
                 x, y = next(batches)
                 batch_loss, batch_gradient = gradient(x, y)
                 loss_sum += batch_loss
