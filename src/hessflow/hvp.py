@@ -318,7 +318,7 @@ class _CurvatureOperator(LinearOperator):
         #: ``"memory"`` or ``"stream"`` (`DATA_MODES`): how each pass reads the data set.
         self.data = data
         if data == "stream":
-            self._stream, self.num_batches, self.num_examples = _survey_stream(dataset, self._compute_dtype)
+            self._pipeline, self.num_batches, self.num_examples = _survey_stream(dataset, self._compute_dtype)
         else:
             self._batches = _materialize(dataset, self._compute_dtype)
             self.num_examples = int(sum(int(x.shape[0]) for x, _ in self._batches))
@@ -326,7 +326,7 @@ class _CurvatureOperator(LinearOperator):
             if strategy is None:
                 # One device: the batches go through the same in-graph pass as a stream (and so
                 # give the same bits); over replicas they are dealt out in rounds.
-                self._stream = _batches_dataset(self._batches)
+                self._pipeline = _batches_dataset(self._batches)
                 del self._batches
         #: How often the traced functions were traced; stays at one each
         #: however many passes run (a test checks it).
@@ -353,7 +353,7 @@ class _CurvatureOperator(LinearOperator):
         product_options = dict(training=training, on_trace=counter(self._product_key), variables=variables)
         gradient_options = dict(training=training, on_trace=counter("gradient"), variables=variables)
         if self.strategy is None:
-            return self._stream_pass_functions(loss, product_options, gradient_options)
+            return self._looped_pass_functions(loss, product_options, gradient_options)
         product = type(self)._make_product(self.model, loss, **product_options)
         gradient = kernels.make_loss_and_gradient_sum(self.model, loss, **gradient_options)
         rounds = distribute.ReplicaRounds(self.strategy, self._batches)
@@ -361,7 +361,7 @@ class _CurvatureOperator(LinearOperator):
         return (distribute.replicated_sum(self.strategy, product), distribute.replicated_sum(self.strategy, gradient),
                 lambda: ((inputs,) for inputs in rounds))
 
-    def _stream_pass_functions(self, loss, product_options, gradient_options):
+    def _looped_pass_functions(self, loss, product_options, gradient_options):
         """Whole-pass functions over the pipeline: ``v -> Σ_b product_b`` and ``() -> (Σ loss, Σ gradient)``.
 
         On one device, for either data mode: the pipeline is the in-memory batches or the stream.
@@ -372,10 +372,10 @@ class _CurvatureOperator(LinearOperator):
         instead gives other float32 bits: TensorFlow's arithmetic optimizer rewrites a function
         called from another one differently.)
         """
-        x_spec, y_spec = (tf.TensorSpec((None, *spec.shape[1:]), spec.dtype) for spec in self._stream.element_spec)
+        x_spec, y_spec = (tf.TensorSpec((None, *spec.shape[1:]), spec.dtype) for spec in self._pipeline.element_spec)
         product = type(self)._traced_product(self.model, loss, x_spec, y_spec, **product_options)
         gradient = kernels.traced_loss_and_gradient_sum(self.model, loss, x_spec, y_spec, **gradient_options)
-        dataset, dim, num_batches = self._stream, self.dim, self.num_batches
+        dataset, dim, num_batches = self._pipeline, self.dim, self.num_batches
 
         # A loop over an iterator, not `for x, y in dataset` (which becomes a tf.data reduction, whose
         # function runs the kernels on tf.data's threads: other float32 reduction splits, other bits).
@@ -403,7 +403,7 @@ class _CurvatureOperator(LinearOperator):
                 gradient_sum += batch_gradient
             return loss_sum, gradient_sum
 
-        # One "round" with no arguments: the whole pass is one call.
+        # One "round" with no arguments: the whole pass is one call (added to zeros: the same bits).
         return product_pass, gradient_pass, lambda: iter([()])
 
     # -- the product -----------------------------------------------------------------
@@ -411,12 +411,9 @@ class _CurvatureOperator(LinearOperator):
         """The operator times a real (dim,) float64 ``v``: one full-data pass."""
         start = time.perf_counter()
         v_compute = tf.constant(v, dtype=self._compute_dtype)
-        if self.strategy is None:
-            total = self._product_fn(v_compute).numpy()
-        else:
-            total = np.zeros(self.dim, dtype=np.float64)
-            for batch in self._rounds():
-                total += self._product_fn(*batch, v_compute).numpy()
+        total = np.zeros(self.dim, dtype=np.float64)
+        for batch in self._rounds():
+            total += self._product_fn(*batch, v_compute).numpy()
         result = total / self.num_examples
         if self.weight_decay:
             result += self.weight_decay * np.where(self._decay_coordinates, v, 0.0)
