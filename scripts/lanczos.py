@@ -46,6 +46,10 @@ spec = LanczosJobSpec(
     workers=1 if multi_worker else params.workers,
     # Beside the declared outputs (so under a module's prefix too), from the one run layout.
     state_file=lanczos_state_beside(snakemake.output.tridiag, draw),
+    # lanczos.draws_per_job > 1, the first draw of a group: the group's other draws, side by side;
+    # their states lie beside this draw's, where their own jobs look for them.
+    alongside=[{"draw": other, "state_file": lanczos_state_beside(snakemake.output.tridiag, other)}
+               for other in params.alongside],
     outputs=dict(snakemake.output.items()),
     deflation=basis or None,
     # How the job reads the data, not what it computes (the same bits either way): read from the

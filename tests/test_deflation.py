@@ -82,6 +82,25 @@ def test_deflated_operator_is_p_a_p_with_one_application_per_product():
     np.testing.assert_allclose(operator.T @ x[:, 0], operator @ x[:, 0], rtol=0, atol=0)
 
 
+def test_a_block_reaches_a_linear_operators_matmat_in_one_call():
+    from scipy.sparse.linalg import LinearOperator
+
+    a, _, _, eigenvectors = planted_outliers()
+    y = eigenvectors[:, [0, 50, 202]]
+    projector = np.eye(a.shape[0]) - y @ y.T
+    blocks = []
+
+    def matmat(x):
+        blocks.append(x.shape)
+        return a @ x
+
+    inner = LinearOperator(a.shape, matvec=lambda v: a @ v, matmat=matmat, dtype=np.float64)
+    x = np.random.default_rng(3).standard_normal((a.shape[0], 3))
+    np.testing.assert_allclose(DeflatedOperator(inner, y).matmat(x), projector @ a @ projector @ x,
+                               rtol=0, atol=1e-12)
+    assert blocks == [(a.shape[0], 3)]
+
+
 def test_deflated_start_vector_is_unit_and_orthogonal_to_the_eigenvectors():
     a, _, _, eigenvectors = planted_outliers()
     y = eigenvectors[:, -3:]

@@ -209,7 +209,18 @@ def test_state_file_keeps_its_given_name(tmp_path):
     lanczos(lambda v: a @ v, 30, 10, seed=0, state_file=state_file, save_every=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["draw_3.state.npz"]
     with np.load(state_file) as state:
-        assert int(state["steps_done"]) == 8
+        assert int(state["steps_done"]) == 10  # saved at 4, 8 and the last step
+
+
+def test_a_finished_runs_state_gives_its_result_with_no_product(tmp_path):
+    a = random_symmetric(30, seed=25)
+    state_file = tmp_path / "state.npz"
+    first = lanczos(lambda v: a @ v, 30, 10, seed=0, state_file=state_file, save_every=4)
+    rerun = CountingOperator(a)
+    again = lanczos(rerun, 30, 10, seed=0, state_file=state_file, save_every=4)
+    assert rerun.calls == 0 and again.resumed_from == 10
+    np.testing.assert_array_equal(again.tridiag, first.tridiag)
+    np.testing.assert_array_equal(again.vectors, first.vectors)
 
 
 @pytest.mark.parametrize(

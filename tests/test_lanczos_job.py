@@ -188,3 +188,54 @@ def test_an_unknown_vector_store_is_refused_naming_the_key(tmp_path):
 
     with pytest.raises(ValueError, match=r"lanczos.vector_store must be one of \('memory', 'disk'\)"):
         run_lanczos_job(lanczos_job_spec(tmp_path, batch_size=50) | {"vector_store": "ssd"}, log=lambda line: None)
+
+
+def draw_spec(folder, draw: int) -> dict:
+    spec = lanczos_job_spec(folder, batch_size=40)  # batches of 40, 40 and 20
+    return spec | {"draw": draw, "state_file": str(folder / f".state_{draw}.npz"),
+                   "outputs": {"tridiag": str(folder / f"tridiag_{draw}.npy"),
+                               "provenance": str(folder / f"provenance_{draw}.json")}}
+
+
+def test_draws_side_by_side_are_the_separate_draws_and_their_own_jobs_only_resume(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    alone.mkdir(), together.mkdir()
+    for draw in range(3):
+        run_lanczos_job(draw_spec(alone, draw), log=lambda line: None)
+    lines = []
+    leader = draw_spec(together, 0) | {"alongside": [{"draw": d, "state_file": str(together / f".state_{d}.npz")}
+                                                      for d in (1, 2)]}
+    provenance = run_lanczos_job(leader, log=lines.append)
+    assert provenance["draws_alongside"] == [1, 2]
+    assert any("draws [0, 1, 2] side by side: 3 products per Hessian pass" in line for line in lines)
+    assert sorted(p.name for p in together.glob(".state_*")) == [".state_1.npz", ".state_2.npz"]
+    for draw in (1, 2):
+        follower = run_lanczos_job(draw_spec(together, draw), log=lambda line: None)
+        assert follower["resumed_from"] == 12 and follower["draws_alongside"] == []
+    assert not list(together.glob(".state_*"))  # each job removed its own state
+    for draw in range(3):
+        expected = np.load(alone / f"tridiag_{draw}.npy")
+        # float64; the shared pass sums the same terms in another order
+        np.testing.assert_allclose(np.load(together / f"tridiag_{draw}.npy"), expected, rtol=0,
+                                   atol=1e-10 * np.abs(expected).max())
+
+
+def test_a_draw_whose_group_state_is_gone_computes_alone(tmp_path):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    provenance = run_lanczos_job(draw_spec(tmp_path, 1), log=lambda line: None)
+    assert provenance["resumed_from"] is None and provenance["draws_alongside"] == []
+
+
+@pytest.mark.parametrize("alongside, message", [
+    ([{"draw": 0, "state_file": "elsewhere.npz"}], "draw 0 .* appears twice"),
+    ([{"draw": -1, "state_file": "s.npz"}], "draw must be a non-negative int"),
+    ([{"draw": 1}], "each alongside entry is"),
+])
+def test_bad_alongside_draws_are_refused_by_name(tmp_path, alongside, message):
+    from hessflow.lanczos_job import run_lanczos_job
+
+    with pytest.raises(ValueError, match=message):
+        run_lanczos_job(draw_spec(tmp_path, 0) | {"alongside": alongside}, log=lambda line: None)

@@ -83,6 +83,13 @@ def test_each_change_reruns_exactly_what_it_affects(tmp_path_factory):
     check_dry_run(workdir, changed(config, "hessian.batch_norm", "inference"), expected, "hessian.batch_norm")
     check_dry_run(workdir, changed(config, "lanczos.vector_store", "disk"), expected, "lanczos.vector_store")
 
+    # Two draws a job (both products in each Hessian pass, another rounding): every Lanczos job,
+    # draw 1's after draw 0's, which leaves it its finished state; then what follows. (Run: the
+    # only end-to-end check of the fan-out; every later Lanczos job runs in groups of two.)
+    config = changed(config, "lanczos.draws_per_job", 2)
+    check_run(workdir, config, check_dry_run(workdir, config, expected, "lanczos.draws_per_job"),
+              "lanczos.draws_per_job")
+
     # Analysing one more saved checkpoint: its Lanczos draws and what depends on them; no training,
     # no evaluation (every saved checkpoint is evaluated already), no existing Lanczos job.
     config = changed(config, "spectrum.steps", [10, 20])

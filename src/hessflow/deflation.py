@@ -106,6 +106,9 @@ class DeflatedOperator(LinearOperator):
         self.eigenvectors = _orthonormal_columns(eigenvectors)
         n = self.eigenvectors.shape[0]
         self._apply, _ = _as_matvec(operator, n)
+        # A block goes to the operator's own matmat where it has one (a Hessian operator with
+        # probes_per_pass > 1 computes several products per data pass); else column by column.
+        self._apply_block = operator.matmat if isinstance(operator, LinearOperator) else None
         super().__init__(dtype=np.float64, shape=(n, n))
 
     def _matvec(self, x):
@@ -113,6 +116,18 @@ class DeflatedOperator(LinearOperator):
         product = np.asarray(self._apply(projected), dtype=np.float64)
         if product.shape != (self.shape[0],):
             raise ValueError(f"operator returned shape {product.shape}; expected ({self.shape[0]},)")
+        return project_out(product, self.eigenvectors)
+
+    def _matmat(self, X):
+        """``P A P X`` for a block ``X`` (n, k): one block product of ``A``, float64 (n, k)."""
+        projected = project_out(np.asarray(X, dtype=np.float64), self.eigenvectors)
+        if self._apply_block is None:
+            product = np.stack([np.asarray(self._apply(projected[:, c].copy()), dtype=np.float64)
+                                for c in range(projected.shape[1])], axis=1)
+        else:
+            product = np.asarray(self._apply_block(projected), dtype=np.float64)
+        if product.shape != projected.shape:
+            raise ValueError(f"operator returned shape {product.shape}; expected {projected.shape}")
         return project_out(product, self.eigenvectors)
 
     def _adjoint(self):

@@ -247,9 +247,14 @@ class _CurvatureOperator(LinearOperator):
 
     _make_product = None
     _traced_product = None
+    _make_matmat = None
     _product_key = "product"
     _product_name = "curvature-vector product"
     _curvature = "curvature"  # what ``matvec`` multiplies by, in its docstring
+
+    @property
+    def _matmat_key(self) -> str:
+        return f"{self._product_key}_matmat"
 
     def __init__(
         self,
@@ -263,6 +268,7 @@ class _CurvatureOperator(LinearOperator):
         strategy: tf.distribute.Strategy | None = None,
         variables: Sequence[str] | None = None,
         data: str = "memory",
+        probes_per_pass: int = 1,
     ):
         if data not in DATA_MODES:
             raise ValueError(f"data must be one of {DATA_MODES}, got {data!r}")
@@ -273,6 +279,9 @@ class _CurvatureOperator(LinearOperator):
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        if isinstance(probes_per_pass, bool) or not isinstance(probes_per_pass, (int, np.integer)) \
+                or probes_per_pass < 1:
+            raise ValueError(f"probes_per_pass must be an int >= 1, got {probes_per_pass!r}")
         if not (isinstance(weight_decay, (int, float)) and np.isfinite(weight_decay) and weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         self.model = model
@@ -328,9 +337,16 @@ class _CurvatureOperator(LinearOperator):
                 # give the same bits); over replicas they are dealt out in rounds.
                 self._pipeline = _batches_dataset(self._batches)
                 del self._batches
+        #: At most this many products per data pass in ``matmat`` (`kernels.make_hvp_matmat_sum`).
+        self.probes_per_pass = int(probes_per_pass)
         #: How often the traced functions were traced; stays at one each
-        #: however many passes run (a test checks it).
+        #: however many passes run (a test checks it). With ``probes_per_pass > 1`` also the
+        #: several-product pass's, once per number of columns it meets.
         self.num_traces = {self._product_key: 0, "gradient": 0}
+        if self.probes_per_pass > 1:
+            self.num_traces[self._matmat_key] = 0
+        self._loss = loss
+        self._matmat_fns = {}
         #: Wall seconds of the last full-data pass (diagnostic).
         self.last_pass_seconds = float("nan")
         self.strategy = strategy
@@ -406,7 +422,76 @@ class _CurvatureOperator(LinearOperator):
         # One "round" with no arguments: the whole pass is one call (added to zeros: the same bits).
         return product_pass, gradient_pass, lambda: iter([()])
 
+    def _matmat_function(self, count: int):
+        """The pass function of ``count`` products at once, ``V (count, dim) -> Σ_b (count, dim)``,
+        built on first use (one trace per ``count``; over replicas one function for every count)."""
+        if count in self._matmat_fns:
+            return self._matmat_fns[count]
+        counts = self.num_traces
+
+        def on_trace():
+            counts[self._matmat_key] += 1
+
+        options = dict(training=self.batch_norm == "train", on_trace=on_trace, variables=self._kernel_variables)
+        if self.strategy is not None:
+            if None not in self._matmat_fns:
+                kernel = type(self)._make_matmat(self.model, self._loss, **options)
+                self._matmat_fns[None] = distribute.replicated_sum(self.strategy, kernel)
+            function = self._matmat_fns[None]
+        else:
+            x_spec, y_spec = (tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
+                              for spec in self._pipeline.element_spec)
+            kernel = kernels.traced_matmat_sum(type(self)._make_matmat, self.model, self._loss, x_spec, y_spec,
+                                               count, **options)
+            dataset, dim, num_batches = self._pipeline, self.dim, self.num_batches
+
+            @tf.function(input_signature=[tf.TensorSpec((count, dim), self._compute_dtype)])
+            def function(tangents):
+                total = tf.zeros((count, dim), tf.float64)
+                batches = iter(dataset)
+                for _ in tf.range(num_batches):
+                    tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+                    x, y = next(batches)
+                    total += kernel(x, y, tangents)
+                return total
+
+        self._matmat_fns[count] = function
+        return function
+
     # -- the product -----------------------------------------------------------------
+    def _products(self, block: np.ndarray) -> np.ndarray:
+        """The operator times a real (dim, k) float64 ``block``, 2 <= k <= probes_per_pass: one pass."""
+        start = time.perf_counter()
+        count = block.shape[1]
+        function = self._matmat_function(count)
+        tangents = tf.constant(np.ascontiguousarray(block.T), dtype=self._compute_dtype)
+        total = np.zeros((count, self.dim), dtype=np.float64)
+        for batch in self._rounds():
+            total += function(*batch, tangents).numpy()
+        result = total.T / self.num_examples
+        if self.weight_decay:
+            result += self.weight_decay * np.where(self._decay_coordinates[:, None], block, 0.0)
+        self.last_pass_seconds = time.perf_counter() - start
+        if not np.all(np.isfinite(result)):
+            bad = sorted({int(c) for c in np.nonzero(~np.isfinite(result))[1]})
+            raise FloatingPointError(
+                f"the {self._product_name} has non-finite entries (columns {bad}): the loss or its curvature "
+                "overflowed at these weights (check the checkpoint for NaN/Inf and the loss for log(0))"
+            )
+        return result
+
+    def _apply_block(self, block: np.ndarray) -> np.ndarray:
+        """The products of a real (dim, k) float64 block: passes of ``probes_per_pass`` columns."""
+        if self.probes_per_pass == 1:
+            return np.stack([self._product(np.ascontiguousarray(block[:, k])) for k in range(block.shape[1])], axis=1)
+        columns = []
+        for first in range(0, block.shape[1], self.probes_per_pass):
+            chunk = block[:, first:first + self.probes_per_pass]
+            # One column alone takes the one-product kernel: cheaper than the shared pass for one.
+            columns.append(self._product(np.ascontiguousarray(chunk[:, 0]))[:, None] if chunk.shape[1] == 1
+                           else self._products(chunk))
+        return np.concatenate(columns, axis=1)
+
     def _product(self, v: np.ndarray) -> np.ndarray:
         """The operator times a real (dim,) float64 ``v``: one full-data pass."""
         start = time.perf_counter()
@@ -449,7 +534,9 @@ class _CurvatureOperator(LinearOperator):
 
     def _matmat(self, X):
         X = np.asarray(X)
-        return np.stack([self._apply(X[:, k]) for k in range(X.shape[1])], axis=1)
+        if np.iscomplexobj(X):
+            return self._matmat(X.real) + 1j * self._matmat(X.imag)
+        return self._apply_block(np.asarray(X, dtype=np.float64))
 
     _rmatvec = _matvec  # symmetric
     _rmatmat = _matmat
@@ -555,6 +642,14 @@ _ARGS = """
         traced function looping over the batches, and the two modes give the
         same operator bit for bit. Construction in stream mode makes one pass
         over the pipeline (no model) to count the batches and examples.
+      probes_per_pass: ``matmat`` (and ``@``) of a ``(dim, k)`` block computes
+        up to this many products per data pass, sharing the pass's primal
+        forward and reverse computation (`hessflow.kernels.make_hvp_matmat_sum`,
+        `hessflow.kernels.make_ggn_matmat_sum`): several Lanczos runs side by
+        side (`hessflow.lanczos.lanczos_side_by_side`). Default 1: one pass per
+        column, each the same bits as ``matvec``. With more, the columns agree
+        with ``matvec`` to rounding (another order of the same sums), and a
+        lone column still takes the one-product pass.
 
     Vectors in and out are float64 numpy arrays of length ``dim`` (``(dim,)``
     or ``(dim, 1)``; ``(dim, k)`` through ``matmat`` or ``@``), the selected
@@ -571,6 +666,7 @@ class HessianOperator(_CurvatureOperator):
 
     _make_product = staticmethod(kernels.make_hvp_sum)
     _traced_product = staticmethod(kernels.traced_hvp_sum)
+    _make_matmat = staticmethod(kernels.make_hvp_matmat_sum)
     _product_key = "hvp"
     _product_name = "Hessian-vector product"
 
@@ -591,5 +687,6 @@ class GGNOperator(_CurvatureOperator):
 
     _make_product = staticmethod(kernels.make_ggn_sum)
     _traced_product = staticmethod(kernels.traced_ggn_sum)
+    _make_matmat = staticmethod(kernels.make_ggn_matmat_sum)
     _product_key = "ggn"
     _product_name = "Gauss-Newton-vector product"

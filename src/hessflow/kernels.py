@@ -16,7 +16,10 @@ numbers):
   product, with ``z = f(x; θ)`` the batch's outputs, ``J = ∂z/∂θ`` and
   ``H_z = ∇²_z Σ_i ℓ_i(z)`` the loss's Hessian in output space: ``J v`` by
   forward mode, ``H_z (J v)`` by forward-over-reverse in output space, ``Jᵀ(·)``
-  by reverse mode (``output_gradients``), one forward pass of the network.
+  by reverse mode (``output_gradients``), one forward pass of the network;
+- `make_hvp_matmat_sum`, `make_ggn_matmat_sum`: the same products for k tangents
+  at once, ``(x, y, V) -> (k, n)`` for ``V`` of shape ``(k, n)``, sharing one
+  primal pass (several Lanczos runs side by side, `hessflow.lanczos.lanczos_side_by_side`).
 
 Every kernel takes ``variables=``: the trainable variables θ_S to
 differentiate with respect to (a subset of ``model.trainable_variables``; all
@@ -67,10 +70,13 @@ __all__ = [
     "make_batch_loss_sum",
     "make_hvp_sum",
     "make_ggn_sum",
+    "make_hvp_matmat_sum",
+    "make_ggn_matmat_sum",
     "make_loss_and_gradient_sum",
     "traced_product_sum",
     "traced_hvp_sum",
     "traced_ggn_sum",
+    "traced_matmat_sum",
     "traced_loss_and_gradient_sum",
     "batch_specs",
     "selected_dim",
@@ -252,6 +258,21 @@ def make_hvp_sum(
     return hvp_sum
 
 
+def _output_space_hvp(per_example, y, outputs, output_tangents, dtype) -> list[tf.Tensor]:
+    """``H_z u``, ``H_z = ∇²_z Σ_i ℓ_i(z)`` at the outputs ``z`` (a nest), for ``u`` the list of
+    ``output_tangents`` (one per flattened output): forward-over-reverse of the loss in output
+    space, with z held as a fresh primal (no derivative flows back into the network)."""
+    zero = tf.UnconnectedGradients.ZERO
+    z = [tf.stop_gradient(t) for t in tf.nest.flatten(outputs)]
+    with tf.autodiff.ForwardAccumulator(z, output_tangents) as output_acc:
+        with tf.GradientTape(watch_accessed_variables=False) as output_tape:
+            output_tape.watch(z)
+            values = per_example(y, tf.nest.pack_sequence_as(outputs, z))
+            loss_sum = tf.reduce_sum(example_losses(values, dtype))
+        output_gradient = output_tape.gradient(loss_sum, z, unconnected_gradients=zero)
+    return output_acc.jvp(output_gradient, unconnected_gradients=zero)
+
+
 def make_ggn_sum(
     model: keras.Model,
     loss,
@@ -286,20 +307,117 @@ def make_ggn_sum(
                 outputs = forward(params, x)
             output_tensors = tf.nest.flatten(outputs)
             jv = acc.jvp(output_tensors, unconnected_gradients=zero)
-        # H_z (J v): forward-over-reverse of the loss in output space, z held as a fresh primal.
-        z = [tf.stop_gradient(t) for t in output_tensors]
-        with tf.autodiff.ForwardAccumulator(z, jv) as output_acc:
-            with tf.GradientTape(watch_accessed_variables=False) as output_tape:
-                output_tape.watch(z)
-                values = per_example(y, tf.nest.pack_sequence_as(outputs, z))
-                loss_sum = tf.reduce_sum(example_losses(values, selected[0].dtype))
-            output_gradient = output_tape.gradient(loss_sum, z, unconnected_gradients=zero)
-        hjv = output_acc.jvp(output_gradient, unconnected_gradients=zero)
+        hjv = _output_space_hvp(per_example, y, outputs, jv, selected[0].dtype)
         # Jᵀ (H_z J v): reverse mode through the recorded forward pass, H_z J v as the seed.
         product = tape.gradient(output_tensors, selected, output_gradients=hjv, unconnected_gradients=zero)
         return tf.cast(flatten(_dense(product)), tf.float64)
 
     return ggn_sum
+
+
+def _tangent_rows(tangents: tf.Tensor) -> int:
+    """The static number of tangents k of a ``(k, n)`` block (the kernels unroll over it)."""
+    count = tangents.shape[0]
+    if tangents.shape.rank != 2 or count is None:
+        raise ValueError(f"tangents must be a (k, n) block with a known k; got shape {tangents.shape}")
+    return int(count)
+
+
+def make_hvp_matmat_sum(
+    model: keras.Model,
+    loss,
+    *,
+    training: bool,
+    on_trace: Callable[[], None] | None = None,
+    variables=None,
+) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """``(x, y, V) -> (∇²(Σ_i ℓ_i) V^T)^T``: k Hessian-vector products of one batch at once.
+
+    ``V``: ``(k, n)`` in the compute dtype, one tangent per row, k known when traced;
+    returns ``(k, n)`` float64, row r the product with row r. One forward and one reverse
+    pass (the gradient g, recorded by a persistent tape) are shared by the k products, each
+    of which is then one reverse pass through the gradient's graph, ``∇_θ ⟨g, v_r⟩``
+    (reverse-over-reverse). Against k calls of `make_hvp_sum`'s forward-over-reverse this
+    saves k - 1 primal passes: 0.63-0.74x the time per product at k = 4 on this CPU (ResNet-32
+    at a batch of 256, an MLP and a small CNN on the digits). ``pfor`` (`tf.vectorized_map`)
+    over the tangent is no alternative for convolutional networks: it cannot batch a
+    ``Conv2D`` whose filter varies, which a tangent of the kernels does. The products agree
+    with `make_hvp_sum`'s to rounding (another order of the same sums), not bit for bit.
+    ``variables`` as in `make_hvp_sum`.
+    """
+    trainable, positions = _selection(model, variables)
+    shapes = [tuple(trainable[k].shape) for k in positions]
+    batch_loss_sum = make_batch_loss_sum(model, loss, training)
+    zero = tf.UnconnectedGradients.ZERO
+
+    def hvp_matmat_sum(x, y, tangents):
+        if on_trace is not None:
+            on_trace()
+        count = _tangent_rows(tangents)
+        params, selected = _parameters(trainable, positions)
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as outer:
+            outer.watch(selected)
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+                inner.watch(selected)
+                loss_sum = batch_loss_sum(params, x, y)
+            gradient = _dense(inner.gradient(loss_sum, selected, unconnected_gradients=zero))
+        products = [
+            outer.gradient(gradient, selected, output_gradients=unflatten(tangents[r], shapes),
+                           unconnected_gradients=zero)
+            for r in range(count)
+        ]
+        return tf.cast(tf.stack([flatten(_dense(p)) for p in products]), tf.float64)
+
+    return hvp_matmat_sum
+
+
+def make_ggn_matmat_sum(
+    model: keras.Model,
+    loss,
+    *,
+    training: bool,
+    on_trace: Callable[[], None] | None = None,
+    variables=None,
+) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """``(x, y, V) -> (Jᵀ H_z J Vᵀ)ᵀ``: k Gauss–Newton products of one batch from one forward pass.
+
+    ``V``: ``(k, n)`` in the compute dtype (k known when traced); returns ``(k, n)``
+    float64. The forward pass is recorded once by a persistent tape; ``J v_r`` comes from
+    reverse mode twice (the vector-Jacobian product ``u -> Jᵀ u`` is linear in u, and its
+    gradient with respect to u along ``v_r`` is ``J v_r``), so no forward-mode pass per
+    tangent is needed; then ``H_z (J v_r)`` in output space and ``Jᵀ(·)`` through the
+    recorded pass, as in `make_ggn_sum`, whose products these equal to rounding.
+    """
+    trainable, positions = _selection(model, variables)
+    shapes = [tuple(trainable[k].shape) for k in positions]
+    per_example = per_example_loss(loss)
+    forward = make_forward(model, training)
+    zero = tf.UnconnectedGradients.ZERO
+
+    def ggn_matmat_sum(x, y, tangents):
+        if on_trace is not None:
+            on_trace()
+        count = _tangent_rows(tangents)
+        params, selected = _parameters(trainable, positions)
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+            tape.watch(selected)
+            outputs = forward(params, x)
+        output_tensors = tf.nest.flatten(outputs)
+        # u -> Jᵀ u at u = 0, recorded, so that its gradient in u along v is J v.
+        seeds = [tf.zeros_like(t) for t in output_tensors]
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as linear:
+            linear.watch(seeds)
+            vjp = _dense(tape.gradient(output_tensors, selected, output_gradients=seeds, unconnected_gradients=zero))
+        products = []
+        for r in range(count):
+            jv = linear.gradient(vjp, seeds, output_gradients=unflatten(tangents[r], shapes),
+                                 unconnected_gradients=zero)
+            hjv = _output_space_hvp(per_example, y, outputs, jv, selected[0].dtype)
+            product = tape.gradient(output_tensors, selected, output_gradients=hjv, unconnected_gradients=zero)
+            products.append(flatten(_dense(product)))
+        return tf.cast(tf.stack(products), tf.float64)
+
+    return ggn_matmat_sum
 
 
 def make_loss_and_gradient_sum(
@@ -357,6 +475,19 @@ def traced_hvp_sum(model: keras.Model, loss, x_spec: tf.TensorSpec, y_spec: tf.T
 def traced_ggn_sum(model: keras.Model, loss, x_spec: tf.TensorSpec, y_spec: tf.TensorSpec, **options):
     """`make_ggn_sum` traced once (`traced_product_sum`); ``options``: its keywords and ``jit_compile``."""
     return traced_product_sum(make_ggn_sum, model, loss, x_spec, y_spec, **options)
+
+
+def traced_matmat_sum(make_matmat: Callable, model: keras.Model, loss, x_spec: tf.TensorSpec,
+                      y_spec: tf.TensorSpec, num_tangents: int, *, jit_compile: bool = False, variables=None,
+                      **options):
+    """``make_matmat(model, loss, variables=variables, **options)`` (`make_hvp_matmat_sum`,
+    `make_ggn_matmat_sum`) as a `tf.function` of ``(x, y, V)``, ``V`` of shape
+    ``(num_tangents, n)``: traced once."""
+    function = make_matmat(model, loss, variables=variables, **options)
+    vector = _vector_spec(model, variables)
+    return tf.function(function, input_signature=[x_spec, y_spec, tf.TensorSpec((num_tangents, *vector.shape),
+                                                                                  vector.dtype)],
+                       jit_compile=jit_compile)
 
 
 def traced_loss_and_gradient_sum(

@@ -61,6 +61,14 @@ file's pages are page cache, which the kernel writes back and evicts as it needs
 three times a step from the file costs about as much as from memory while the file fits the page
 cache, and ``3 j dim * 8`` bytes of disk reads at step ``j`` when it does not.
 
+Runs side by side (:func:`lanczos_side_by_side`): several independent runs (draws of stochastic
+Lanczos quadrature: other start vectors, the same operator) advance in lockstep, so that each round's
+products come from one call ``matmat(V)`` on a (dim, k) block of their current vectors, for an operator
+that shares an expensive pass (over the data, for a Hessian) between several products. Each run is still
+exactly a :func:`lanczos` run (state file, breakdown, diagnostics, vector store of its own): the step loop
+is a generator that yields the vector to multiply and receives its product (:func:`_lanczos_steps`), and
+:func:`lanczos` and :func:`lanczos_side_by_side` differ only in how they answer it.
+
 Health diagnostics: every run ends by measuring, on the ``m`` vectors it holds
 (also with ``keep_vectors=False``, and identically after a resume),
 
@@ -87,11 +95,13 @@ Health diagnostics: every run ends by measuring, on the ``m`` vectors it holds
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
+import itertools
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -109,12 +119,15 @@ __all__ = [
     "LanczosResult",
     "health_warnings",
     "lanczos",
+    "lanczos_side_by_side",
     "start_vector",
     "tridiagonal_matrix",
 ]
 
 Seed = int | Sequence[int]
 Matvec = Callable[[np.ndarray], np.ndarray]
+#: ``V -> A V`` for a block ``V`` of shape (dim, k): what `lanczos_side_by_side` calls once a round.
+Matmat = Callable[[np.ndarray], np.ndarray]
 #: What `lanczos` accepts as the operator: ``v -> A v``, a LinearOperator, or a matrix.
 Operator = Matvec | LinearOperator | np.ndarray | scipy.sparse.sparray | scipy.sparse.spmatrix
 
@@ -460,6 +473,28 @@ def _as_matvec(operator: Operator, dim: int | None) -> tuple[Matvec, int]:
     )
 
 
+def _as_matmat(operator: Operator | Matmat, dim: int | None) -> tuple[Matmat, int]:
+    """``(V -> A V, dim)`` of a matmat function (``dim`` required), a square
+    `scipy.sparse.linalg.LinearOperator` (its ``matmat``) or a square symmetric real dense or sparse
+    matrix (``A @ V``; ``dim`` inferred, checked as in :func:`_as_matvec`)."""
+    if isinstance(operator, LinearOperator):
+        _, dim = _as_matvec(operator, dim)  # square, dim agrees
+        return operator.matmat, dim
+    if isinstance(operator, np.ndarray) or scipy.sparse.issparse(operator):
+        # The float64 matrix's `matrix @ v` is also its product with a block: `matrix @ V`.
+        return _as_matvec(operator, dim)
+    if callable(operator):
+        if dim is None:
+            raise TypeError(
+                "dim is required with a matmat function: lanczos_side_by_side(matmat, dim, num_steps, seeds)"
+            )
+        return operator, dim
+    raise TypeError(
+        "the operator must be a function V -> A V, a scipy.sparse.linalg.LinearOperator or a square matrix; "
+        f"got {type(operator).__name__}"
+    )
+
+
 def lanczos(
     matvec: Operator,
     dim: int | None = None,
@@ -509,7 +544,8 @@ def lanczos(
             save) after ``log`` has named every differing key with its old and new value.
             ``lanczos`` never deletes it: the caller removes it after its outputs are safely
             written, so that a kill between the return and the output write still resumes.
-        save_every: steps between checkpoints; required with ``state_file``.
+        save_every: steps between checkpoints; required with ``state_file``. The last step is saved
+            too, so that a finished run resumes (a job killed before writing its outputs) with no product.
         operator_identity: what defines the operator beyond its dimension, as a JSON-able
             mapping (nested mappings allowed; tuples compare as lists), e.g. the sha256 of the
             weights and data and the loss settings of a Hessian. Stored in the state file and
@@ -626,13 +662,98 @@ def _lanczos(
     ``w -= a_j v_j``; Paige's variant), which exists only to show what the health
     diagnostics catch.
     """
-    dim, num_steps = _check_sizes(dim, num_steps)
+    spec = _check_run(
+        dim,
+        num_steps,
+        seed,
+        keep_vectors,
+        state_file=state_file,
+        save_every=save_every,
+        progress=progress,
+        breakdown_tol=breakdown_tol,
+        gram_schmidt_passes=gram_schmidt_passes,
+        operator_identity=operator_identity,
+        log=log,
+        probe=probe,
+        start=start,
+        vectors_file=vectors_file,
+    )
+    # stacklevel 4 names the caller of `lanczos` in a discarded state's warning: the frames are
+    # _open_run, this function, lanczos, its caller.
+    run = _open_run(spec, stacklevel=4)
+    answer = _advance(run, None)
+    while not isinstance(answer, LanczosResult):
+        step, vector = answer
+        answer = _advance(run, _apply_operator(matvec, vector, spec.dim, step))
+    return answer
+
+
+@dataclass(frozen=True, eq=False)
+class _RunSpec:
+    """One Lanczos run's checked arguments (see :func:`_check_run`); no file has been touched yet.
+
+    ``state_file`` and ``vectors_name`` are kept as given, for the messages and the state's
+    ``vectors_file`` field; ``vectors_path`` is the checked path; ``run_identity`` is what the state
+    file stores and compares (see :func:`_load_state`).
+    """
+
+    dim: int
+    num_steps: int
+    entropy: np.ndarray
+    probe: str
+    start: np.ndarray | None
+    keep_vectors: bool
+    state_file: str | os.PathLike | None
+    save_every: int | None
+    vectors_path: Path | None
+    vectors_name: str | None
+    breakdown_tol: float
+    gram_schmidt_passes: int
+    run_identity: dict
+    log: Callable[[str], None] | None
+    progress: Callable[[int, int], None] | None
+
+
+def _check_breakdown_tol(breakdown_tol: float) -> None:
     if not breakdown_tol >= 0.0:
         raise ValueError(f"breakdown_tol must be >= 0; got {breakdown_tol!r}")
-    if (state_file is None) != (save_every is None):
-        raise ValueError("state_file and save_every go together: give both or neither")
+
+
+def _check_save_every(save_every: int | None) -> None:
     if save_every is not None and (not isinstance(save_every, (int, np.integer)) or save_every < 1):
         raise ValueError(f"save_every must be a positive int; got {save_every!r}")
+
+
+def _check_run(
+    dim: int,
+    num_steps: int,
+    seed: Seed,
+    keep_vectors: bool,
+    *,
+    state_file: str | os.PathLike | None,
+    save_every: int | None,
+    progress: Callable[[int, int], None] | None,
+    breakdown_tol: float,
+    gram_schmidt_passes: int,
+    operator_identity: Mapping | None,
+    log: Callable[[str], None] | None,
+    probe: str,
+    start: np.ndarray | None,
+    vectors_file: str | os.PathLike | None,
+) -> _RunSpec:
+    """Check the arguments of one run (those of :func:`_lanczos` but the operator); reads no file.
+
+    Separate from :func:`_open_run` so that :func:`lanczos_side_by_side` checks every run before it
+    loads any state or creates any vectors file.
+
+    Raises:
+        ValueError, TypeError: as :func:`lanczos` documents, in the same order.
+    """
+    dim, num_steps = _check_sizes(dim, num_steps)
+    _check_breakdown_tol(breakdown_tol)
+    if (state_file is None) != (save_every is None):
+        raise ValueError("state_file and save_every go together: give both or neither")
+    _check_save_every(save_every)
     vectors_path = _check_vectors_file(vectors_file, state_file)
     entropy = _seed_entropy(seed)
     _check_probe(probe)
@@ -648,7 +769,34 @@ def _lanczos(
         "gram_schmidt_passes": gram_schmidt_passes,
         "operator": _canonical_identity(operator_identity),
     }
+    return _RunSpec(
+        dim=dim,
+        num_steps=num_steps,
+        entropy=entropy,
+        probe=probe,
+        start=start,
+        keep_vectors=keep_vectors,
+        state_file=state_file,
+        save_every=save_every,
+        vectors_path=vectors_path,
+        vectors_name=None if vectors_path is None else os.fsdecode(os.fspath(vectors_file)),
+        breakdown_tol=breakdown_tol,
+        gram_schmidt_passes=gram_schmidt_passes,
+        run_identity=run_identity,
+        log=log,
+        progress=progress,
+    )
 
+
+def _open_run(spec: _RunSpec, stacklevel: int) -> Generator[tuple[int, np.ndarray], np.ndarray, LanczosResult]:
+    """Allocate a run's arrays, resume its state file (or discard it) and return its step generator.
+
+    All the file work of a run's start happens here, before the first product: an unreadable state
+    file raises now, a discarded one is reported now (to ``spec.log``, or as a `RuntimeWarning` whose
+    ``stacklevel`` counts from this function's frame), and a fresh disk run's vectors file is created
+    now. See :func:`_lanczos_steps` for the generator.
+    """
+    dim, num_steps, vectors_path = spec.dim, spec.num_steps, spec.vectors_path
     # Preallocated; Fortran order so that every Lanczos vector (column) and
     # every leading block basis[:, :j] is contiguous for BLAS. With a vectors file, `store` is its
     # memory map (opened once the state file, if any, has been read) and `basis` a plain ndarray
@@ -664,15 +812,16 @@ def _lanczos(
     resumed_from = None
     next_vector = None
     discarded = None
+    state_file = spec.state_file
     if state_file is not None and Path(state_file).exists():
-        loaded = _load_state(Path(state_file), run_identity, basis, alpha, residual_norms, vectors_path)
+        loaded = _load_state(Path(state_file), spec.run_identity, basis, alpha, residual_norms, vectors_path)
         if isinstance(loaded, str):
             discarded = loaded
             message = f"discarding the Lanczos state {str(state_file)!r}: {discarded}; starting fresh"
-            if log is None:
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
+            if spec.log is None:
+                warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
             else:
-                log(message)
+                spec.log(message)
         else:
             steps_done, next_vector, store = loaded
             resumed_from = steps_done
@@ -681,47 +830,88 @@ def _lanczos(
             store = _create_vectors_file(vectors_path, dim, num_steps)
         basis = np.asarray(store)
     if next_vector is None:
-        next_vector = start_vector(dim, entropy, probe) if start is None else start
+        next_vector = start_vector(dim, spec.entropy, spec.probe) if spec.start is None else spec.start
+    return _lanczos_steps(spec, basis, store, alpha, residual_norms, steps_done, next_vector, resumed_from, discarded)
 
+
+def _lanczos_steps(
+    spec: _RunSpec,
+    basis: np.ndarray,
+    store: np.memmap | None,
+    alpha: np.ndarray,
+    residual_norms: np.ndarray,
+    steps_done: int,
+    next_vector: np.ndarray,
+    resumed_from: int | None,
+    discarded: str | None,
+) -> Generator[tuple[int, np.ndarray], np.ndarray, LanczosResult]:
+    """The Lanczos steps of one run, as a generator that asks for each operator product.
+
+    Each step yields ``(step, v_j)``: ``step`` the 1-based number of the Lanczos step, ``v_j`` the
+    Lanczos vector to multiply, shape (dim,), float64, a view of the basis (the driver copies it
+    before handing it to the operator). It then receives ``A v_j``: a fresh float64 array of shape
+    (dim,), already checked for shape, dtype and finiteness, which the generator owns and projects
+    in place. The generator returns the `LanczosResult` (as ``StopIteration.value``) after the last
+    step: at once, with no request, for a state that is already finished.
+
+    Why a generator: the driver decides how products are computed. :func:`_lanczos` answers each
+    request with one ``matvec``; :func:`lanczos_side_by_side` collects the requests of several runs
+    into one ``matmat``. The numbers depend only on the products received, so a run computes the
+    same thing bit for bit whichever drives it.
+
+    Args:
+        spec: the run's checked arguments.
+        basis: (dim, num_steps) float64, Fortran order: the in-memory basis, or the plain ndarray
+            view of ``store``; its first ``steps_done`` columns filled (resumed).
+        store: the `numpy.memmap` of the vectors file (disk runs), or ``None``.
+        alpha, residual_norms: (num_steps,) float64, the first ``steps_done`` entries filled.
+        steps_done: the steps already done (loaded from the state file), ``0`` for a fresh run.
+        next_vector: (dim,) float64, ``v_(steps_done + 1)``.
+        resumed_from, discarded: what the result reports (see `LanczosResult`).
+    """
+    num_steps, state_file, passes = spec.num_steps, spec.state_file, spec.gram_schmidt_passes
     num_matvecs = 0
     breakdown = False
     while steps_done < num_steps and not breakdown:
         j = steps_done  # 0-based index of the vector being expanded
         basis[:, j] = next_vector
-        w = _apply_operator(matvec, basis[:, j], dim, step=j + 1)
+        w = yield j + 1, basis[:, j]
         num_matvecs += 1
-        if gram_schmidt_passes == 0:  # the plain recurrence (tests only; see the docstring)
+        if passes == 0:  # the plain recurrence (tests only; see _lanczos)
             if j > 0:
                 w -= residual_norms[j - 1] * basis[:, j - 1]
             alpha[j] = basis[:, j] @ w
             w -= alpha[j] * basis[:, j]
         elif store is None:
-            w, coefficients = _orthogonalize(w, basis[:, : j + 1], gram_schmidt_passes)
+            w, coefficients = _orthogonalize(w, basis[:, : j + 1], passes)
             alpha[j] = coefficients[j]
         else:
-            w, coefficients = _orthogonalize_streamed(w, basis[:, : j + 1], gram_schmidt_passes, VECTOR_BLOCK_BYTES)
+            w, coefficients = _orthogonalize_streamed(w, basis[:, : j + 1], passes, VECTOR_BLOCK_BYTES)
             alpha[j] = coefficients[j]
         residual_norms[j] = np.linalg.norm(w)
         steps_done = j + 1
 
         norm_estimate = max(np.max(np.abs(alpha[:steps_done])), np.max(residual_norms[:j], initial=0.0))
-        breakdown = residual_norms[j] <= breakdown_tol * norm_estimate
+        breakdown = residual_norms[j] <= spec.breakdown_tol * norm_estimate
         if not breakdown:
             next_vector = w / residual_norms[j]
-        if progress is not None:
-            progress(steps_done, num_steps)
+        if spec.progress is not None:
+            spec.progress(steps_done, num_steps)
         # A breakdown step is never saved: resuming recomputes it and stops
-        # there again, deterministically.
-        if not breakdown and state_file is not None and steps_done % save_every == 0:
+        # there again, deterministically. The last step always is: a finished run's state then
+        # yields its result with no product (a job killed before writing its outputs, or a draw
+        # computed side by side in another job, `lanczos_side_by_side`).
+        if not breakdown and state_file is not None and (steps_done % spec.save_every == 0
+                                                         or steps_done == num_steps):
             _save_state(
                 Path(state_file),
-                run_identity,
+                spec.run_identity,
                 steps_done,
                 basis if store is None else store,
                 alpha,
                 residual_norms,
                 next_vector,
-                vectors_file=None if vectors_path is None else os.fsdecode(os.fspath(vectors_file)),
+                vectors_file=spec.vectors_name,
             )
 
     m = steps_done
@@ -739,7 +929,7 @@ def _lanczos(
         alpha=alpha[:m].copy(),
         beta=beta,
         # A view, not a copy: the basis can be gigabytes, and nothing else holds it.
-        vectors=vectors if keep_vectors else None,
+        vectors=vectors if spec.keep_vectors else None,
         residual_norm=float(residual_norms[m - 1]),
         stopped_early=m < num_steps,
         num_matvecs=num_matvecs,
@@ -748,6 +938,267 @@ def _lanczos(
         orthogonality_loss=orthogonality_loss,
         min_beta=float(np.min(beta, initial=np.inf)),
     )
+
+
+def _advance(
+    run: Generator[tuple[int, np.ndarray], np.ndarray, LanczosResult], product: np.ndarray | None
+) -> tuple[int, np.ndarray] | LanczosResult:
+    """``run.send(product)`` (``None`` to start it): its next request ``(step, v_j)``, or its result.
+
+    Only the generator's own end is caught here, not a `StopIteration` of the operator's.
+    """
+    try:
+        return run.send(product)
+    except StopIteration as finished:
+        return finished.value
+
+
+def _apply_block_operator(matmat: Matmat, block: np.ndarray, dim: int, runs: list[int], steps: list[int]) -> np.ndarray:
+    """``matmat(block)``, checked for shape (dim, k), dtype float64 and finiteness.
+
+    Args:
+        matmat: ``V -> A V``.
+        block: (dim, k) float64, Fortran order, a fresh array (the operator may keep or modify it).
+        dim: the dimension.
+        runs, steps: for column ``c``, the index of its run and the 1-based Lanczos step of that
+            run it is for; the errors name them.
+
+    Returns:
+        The product as the operator returned it (an ndarray, shape (dim, k), float64); the caller
+        copies each column it keeps.
+    """
+    k = block.shape[1]
+
+    def named(columns) -> str:
+        return ", ".join(f"run {runs[c]} at Lanczos step {steps[c]}" for c in columns)
+
+    product = np.asarray(matmat(block))
+    if product.shape != (dim, k):
+        raise ValueError(
+            f"operator returned shape {product.shape} for the Lanczos vectors of {named(range(k))}; "
+            f"expected ({dim}, {k})"
+        )
+    if product.dtype != np.float64:
+        raise TypeError(
+            f"operator returned dtype {product.dtype} for the Lanczos vectors of {named(range(k))}; "
+            "expected float64 (convert inside the operator, e.g. .astype(np.float64))"
+        )
+    finite = np.isfinite(product).all(axis=0)
+    if not finite.all():
+        raise FloatingPointError(
+            f"operator returned non-finite values for {named(np.flatnonzero(~finite))}; "
+            "check the loss/HVP for NaN"
+        )
+    return product
+
+
+def _one_per_run(name: str, values) -> list:
+    """``values`` as a list, one entry per run; refused if it is no sequence (a str or path, a bare seed)."""
+    if (
+        isinstance(values, (str, bytes, os.PathLike, Mapping))
+        or not hasattr(values, "__len__")
+        or not hasattr(values, "__iter__")
+        or isinstance(values, np.ndarray) and values.ndim == 0
+    ):
+        raise TypeError(
+            f"{name} must be a sequence with one entry per run, e.g. {name}=[..., ...]; got {values!r}"
+        )
+    return list(values)
+
+
+def lanczos_side_by_side(
+    matmat: Operator | Matmat,
+    dim: int | None = None,
+    num_steps: int | None = None,
+    seeds: Sequence[Seed] = (),
+    keep_vectors: bool = True,
+    *,
+    state_files: Sequence[str | os.PathLike | None] | None = None,
+    save_every: int | None = None,
+    operator_identity: Mapping | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+    breakdown_tol: float = DEFAULT_BREAKDOWN_TOL,
+    probe: str = "gaussian",
+    starts: Sequence[np.ndarray | None] | None = None,
+    vectors_files: Sequence[str | os.PathLike | None] | None = None,
+) -> list[LanczosResult]:
+    """Several independent :func:`lanczos` runs in lockstep, their products computed together.
+
+    Run ``r`` is exactly ``lanczos(A, dim, num_steps, seeds[r], keep_vectors,
+    state_file=state_files[r], save_every=save_every, operator_identity=operator_identity, log=log,
+    breakdown_tol=breakdown_tol, probe=probe, start=starts[r], vectors_file=vectors_files[r])``:
+    its own start vector, state file (resumed, or discarded with the same message), breakdown,
+    health diagnostics and vector store. What changes is who asks for the products. The runs
+    advance in rounds: in each, every run that has not finished contributes its current Lanczos
+    vector, and ONE ``matmat`` call multiplies them all, as the columns of a (dim, k) block in run
+    order (k the number of unfinished runs). An operator that computes several products in one
+    pass (e.g. a Hessian that shares the expensive pass over the data between them) thus costs
+    one pass per round instead of one per run and step. A run that stops early (a breakdown), or
+    that was resumed further along, finishes earlier and drops out of the later rounds: in round
+    ``t`` a run resumed at step 10 does its step ``10 + t``, a fresh one its step ``t``.
+
+    Bit for bit: run ``r``'s numbers depend only on the products it receives, so they are those of
+    the separate ``lanczos`` run when column ``c`` of ``matmat(V)`` equals, bit for bit, the
+    product of a matvec with ``V[:, c]`` (e.g. a matmat that multiplies column by column). A
+    BLAS-3 product (``A @ V``) rounds differently from ``A @ v`` (another summation order), so
+    the runs then agree with separate ones to rounding (``~ 1e-13`` relative over tens of steps
+    with full reorthogonalization), not bit for bit.
+
+    Memory: the runs are held together, ``len(seeds)`` times one run's (``dim * num_steps * 8``
+    bytes each in memory; see ``vectors_files``), plus the block and its product (``2 k dim * 8``
+    bytes).
+
+    Args:
+        matmat: the symmetric operator ``A``, as one of:
+
+            - ``V -> A V``: takes a float64 array of shape (dim, k), Fortran order (every column
+              contiguous), ``1 <= k <= len(seeds)``, a fresh array each call that it may keep or
+              modify, and returns a float64 array of shape (dim, k) (any order) whose column ``c``
+              is ``A V[:, c]``;
+            - a square `scipy.sparse.linalg.LinearOperator` (its ``matmat``; e.g. a
+              `hessflow.hvp.HessianOperator`), ``dim`` inferred;
+            - a square, symmetric, real numpy array or scipy sparse matrix (used in float64 as
+              ``A @ V``), ``dim`` inferred.
+        dim: the dimension; required with a function, optional (and checked) otherwise.
+        num_steps: ``m``, the number of Lanczos steps of every run, ``1 <= num_steps <= dim``.
+        seeds: one seed per run (an int or a sequence of ints each, see :func:`start_vector`), e.g.
+            ``[(run_seed, checkpoint_step, draw) for draw in range(4)]``: the number of runs. May
+            be empty (or hold ``None`` for a run) when ``starts`` gives that run's start vector (its
+            seed is then ``0``, the default of :func:`lanczos`).
+        keep_vectors: as in :func:`lanczos`, for every run.
+        state_files: one state file (or ``None``) per run, as ``lanczos``'s ``state_file``; no two
+            runs may share one. ``None``: no run has one.
+        save_every: steps between checkpoints of the runs that have a state file; required with
+            any state file.
+        operator_identity, log, breakdown_tol, probe: as in :func:`lanczos`, for every run (a
+            discarded state's message names its file).
+        progress: ``progress(run, steps_done, num_steps)``, called after each step of each run,
+            ``run`` its index.
+        starts: one explicit start vector (or ``None``: the seeded one) per run, as ``lanczos``'s
+            ``start``; ``None``: every run seeded.
+        vectors_files: one vectors file (or ``None``: in memory) per run, as ``lanczos``'s
+            ``vectors_file``; no two runs may share one, nor may one be another run's state file.
+
+    Returns:
+        list of `LanczosResult`, one per run, in run order, each what :func:`lanczos` returns
+        (``num_matvecs`` counts the products of that run, i.e. the columns it had in the blocks).
+
+    Raises:
+        ValueError, TypeError: for invalid arguments, all checked before the first product (and
+            before any state is loaded or vectors file created): those :func:`lanczos` refuses
+            (a run's own prefixed with ``run r:``), no run at all, lists of different lengths,
+            a run with neither seed nor start, a file shared between runs, ``save_every``
+            without any state file; and for a ``matmat`` output of the wrong shape (ValueError)
+            or dtype (TypeError), naming every run of the round and its Lanczos step.
+        FloatingPointError: ``matmat`` returned NaN or Inf, naming the runs and the Lanczos
+            steps of the affected columns.
+        OSError: a vectors file cannot be created (naming it).
+    """
+    matmat, dim = _as_matmat(matmat, dim)
+    if num_steps is None:
+        raise TypeError(
+            "num_steps is required: lanczos_side_by_side(operator, num_steps=m, seeds=seeds) or "
+            "lanczos_side_by_side(matmat, dim, m, seeds)"
+        )
+    # Lists, one entry per run (None: not given); the seeds may be empty when starts gives every run.
+    per_run = {"seeds": _one_per_run("seeds", seeds)}
+    for name, values in (("starts", starts), ("state_files", state_files), ("vectors_files", vectors_files)):
+        per_run[name] = None if values is None else _one_per_run(name, values)
+    num_runs = len(per_run["seeds"]) or len(per_run["starts"] or ())
+    if num_runs == 0:
+        raise ValueError("no runs: give one seed per run (seeds) or one start vector per run (starts)")
+    mismatched = [
+        name
+        for name, values in per_run.items()
+        if values is not None and len(values) != num_runs and not (name == "seeds" and values == [])
+    ]
+    if mismatched:
+        given = ", ".join(f"{len(values)} {name}" for name, values in per_run.items() if values is not None)
+        raise ValueError(f"seeds, starts, state_files and vectors_files need one entry per run each; got {given}")
+    seeds, starts, state_files, vectors_files = (per_run[name] or [None] * num_runs for name in per_run)
+
+    # What all runs share, checked once (not in the name of run 0).
+    dim, num_steps = _check_sizes(dim, num_steps)
+    _check_breakdown_tol(breakdown_tol)
+    has_state = any(path is not None for path in state_files)
+    if has_state != (save_every is not None):
+        raise ValueError("state_files and save_every go together: give save_every with any state file, else neither")
+    _check_save_every(save_every)
+    _check_probe(probe)
+    _canonical_identity(operator_identity)
+
+    specs = []
+    for run in range(num_runs):
+        if seeds[run] is None and starts[run] is None:
+            raise ValueError(f"run {run} has neither a seed nor a start vector: give seeds, one per run")
+        try:
+            specs.append(
+                _check_run(
+                    dim,
+                    num_steps,
+                    0 if seeds[run] is None else seeds[run],
+                    keep_vectors,
+                    state_file=state_files[run],
+                    save_every=None if state_files[run] is None else save_every,
+                    progress=None if progress is None else functools.partial(progress, run),
+                    breakdown_tol=breakdown_tol,
+                    gram_schmidt_passes=2,
+                    operator_identity=operator_identity,
+                    log=log,
+                    probe=probe,
+                    start=starts[run],
+                    vectors_file=vectors_files[run],
+                )
+            )
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"run {run}: {error}") from error
+    # A file written by two runs would hold whichever saved last: the other's resume would mix them.
+    files = [
+        *(("state file", run, Path(spec.state_file)) for run, spec in enumerate(specs) if spec.state_file is not None),
+        *(("vectors file", run, spec.vectors_path) for run, spec in enumerate(specs) if spec.vectors_path is not None),
+    ]
+    for (kind, run, path), (other_kind, other_run, other_path) in itertools.combinations(files, 2):
+        if run != other_run and _same_path(path, other_path):  # (a run's own pair: _check_vectors_file)
+            raise ValueError(
+                f"run {run}'s {kind} and run {other_run}'s {other_kind} are the same file {str(path)!r}: "
+                "every run needs files of its own"
+            )
+
+    # Every run's state is loaded (or discarded) and its vectors file created before the first
+    # product. stacklevel 3: _open_run, this function, its caller. (A loop, not a comprehension,
+    # which is a frame of its own before Python 3.12.)
+    generators = []
+    for spec in specs:
+        generators.append(_open_run(spec, stacklevel=3))
+    results: list[LanczosResult | None] = [None] * num_runs
+    requests = {}  # run -> (step, v_j) of the unfinished runs, in run order
+    for run, generator in enumerate(generators):
+        answer = _advance(generator, None)
+        if isinstance(answer, LanczosResult):
+            results[run] = answer  # a finished state: no product
+        else:
+            requests[run] = answer
+    while requests:
+        runs = list(requests)
+        # A fresh block each round, Fortran order: every column contiguous, as the single run's
+        # matvec receives its vector (a column-exact matmat then gives that run's products bit for bit).
+        block = np.empty((dim, len(runs)), order="F")
+        for column, run in enumerate(runs):
+            block[:, column] = requests[run][1]
+        product = _apply_block_operator(matmat, block, dim, runs, [requests[run][0] for run in runs])
+        del block
+        for column, run in enumerate(runs):
+            # A fresh contiguous copy per column: the run projects it in place, and the operator may
+            # keep its output.
+            answer = _advance(generators[run], np.array(product[:, column], dtype=np.float64, copy=True))
+            if isinstance(answer, LanczosResult):
+                results[run] = answer
+                del requests[run]
+            else:
+                requests[run] = answer
+        del product
+    return results
 
 
 def _orthogonality_loss(vectors: np.ndarray, row_block: int | None = None) -> float:

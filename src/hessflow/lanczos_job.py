@@ -87,6 +87,12 @@ class LanczosJobSpec:
             of the same operator and checkpoint: the run is then on ``P H P``, ``P = I - V V^T``
             with ``V`` the basis run's Lanczos vectors (`hessflow.deflation`), from the projected
             start vector. None: plain SLQ.
+        alongside: ``[{"draw", "state_file"}, ...]``, other draws of the same operator and
+            checkpoint that this job runs side by side with its own (``lanczos.draws_per_job``):
+            every Hessian pass computes all their products at once (``probes_per_pass``,
+            `hessflow.lanczos.lanczos_side_by_side`). Only this draw's outputs are written; each
+            other draw's finished state is left in its ``state_file``, from which that draw's own
+            job resumes with no product. None or empty: this draw alone.
     """
 
     checkpoint: str
@@ -113,6 +119,7 @@ class LanczosJobSpec:
     deflation: dict | None = None
     data: str = "memory"
     vector_store: str = "memory"
+    alongside: list | None = None
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> LanczosJobSpec:
@@ -170,7 +177,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     import hessflow
     from hessflow import artifacts, checkpoints, data, factories, hvp, integrity, objectives, streaming
     from hessflow.deflation import DeflatedOperator, complement_weight, deflated_start_vector
-    from hessflow.lanczos import health_warnings, lanczos
+    from hessflow.lanczos import health_warnings, lanczos_side_by_side
 
     if spec.operator not in OPERATOR_CLASSES:
         raise ValueError(f"Lanczos job spec: operator must be one of {sorted(OPERATOR_CLASSES)}, got {spec.operator!r}")
@@ -186,6 +193,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     if spec.data == "stream" and strategy is not None:
         raise ValueError(f"config hessian.data: stream reads the data on one device, but lanczos.strategy is "
                          f"{spec.strategy!r}: set lanczos.strategy: default, or hessian.data: memory")
+    alongside = _check_alongside(spec)
     start = time.perf_counter()
     hessian, objective = spec.hessian, spec.objective
     # Streaming: memory-mapped only to be hashed (page by page) and to resolve the preprocessing.
@@ -225,6 +233,7 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         dtype=hessian["dtype"],
         strategy=strategy,
         variables=spec.variables,
+        probes_per_pass=1 + len(alongside),
     )
     try:
         loss, gradient = operator.loss_and_gradient()
@@ -242,40 +251,56 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         f"loss {loss:.6g}, gradient norm {np.linalg.norm(gradient):.6g}")
 
     chief = distribute.is_chief(strategy)
-    state_file = spec.state_file if chief else f"{spec.state_file}.{distribute.task_description().replace(' ', '_')}"
+    # Every worker keeps its own states; the chief's are the declared ones.
+    suffix = "" if chief else f".{distribute.task_description().replace(' ', '_')}"
+    draws = [draw, *(other["draw"] for other in alongside)]
+    state_files = [f"{path}{suffix}" for path in (spec.state_file, *(other["state_file"] for other in alongside))]
+    state_file = state_files[0]
     if os.path.exists(state_file):
         log(f"found resumable state {state_file}")
-    vectors_file = vectors_file_beside(state_file) if spec.vector_store == "disk" else None
-    seed = start_seed(spec.run_seed, step, draw)
+    if alongside:
+        log(f"draws {draws} side by side: {len(draws)} products per Hessian pass; the states of draws {draws[1:]} "
+            "are left for their own jobs")
+    vectors_files = [vectors_file_beside(path) if spec.vector_store == "disk" else None for path in state_files]
+    vectors_file = vectors_files[0]
+    seeds = [start_seed(spec.run_seed, step, d) for d in draws]
+    seed = seeds[0]
     identity = operator_identity(spec, checksum, data_sha256, operator.num_replicas)
     operator_sha256 = _identity_sha256(identity)
-    matvec, start_vector, deflation = operator.matvec, None, None
+    matmat, start_vectors, deflation = operator, [None] * len(draws), None
     if spec.deflation is not None:
         basis, deflation = _deflation_basis(spec.deflation, operator.dim, operator_sha256)
-        matvec = DeflatedOperator(operator.matvec, basis)
-        start_vector = deflated_start_vector(operator.dim, seed, basis, spec.probe)
+        matmat = DeflatedOperator(operator, basis)
+        start_vectors = [deflated_start_vector(operator.dim, s, basis, spec.probe) for s in seeds]
         deflation["complement_weight"] = complement_weight(operator.dim, seed, basis, spec.probe)
         log(f"deflated: the {basis.shape[1]} Lanczos vectors of the basis run {spec.deflation['vectors']} are "
             f"projected out; complement weight {deflation['complement_weight']:.6g}")
         # A state saved on another basis is another run (the start vector differs too).
         identity = {**identity, "deflation_basis_sha256": deflation["basis_sha256"]}
+    if len(draws) == 1:
+        # One draw: each product through matvec, the bits of a plain `hessflow.lanczos.lanczos` run.
+        matvec = matmat.matvec
+        matmat = lambda block: matvec(block[:, 0])[:, None]  # noqa: E731
     lanczos_start = time.perf_counter()
-    result = lanczos(
-        matvec,
+    report = _progress_logger(log, lanczos_start)
+    results = lanczos_side_by_side(
+        matmat,
         operator.dim,
         spec.num_steps,
-        seed=seed,
+        seeds=seeds,
         keep_vectors=True,  # held either way (in memory or in vectors_file); the gradient's fractions need them
-        vectors_file=vectors_file,
+        vectors_files=vectors_files,
         probe=spec.probe,
-        start=start_vector,
-        state_file=state_file,
+        starts=start_vectors,
+        state_files=state_files,
         save_every=spec.save_every,
         # A saved state resumes only into the same operator; another one starts fresh, logged.
         operator_identity=identity,
         log=log,
-        progress=_progress_logger(log, lanczos_start),
+        # This draw's steps are the job's (the others advance with it, or have finished).
+        progress=lambda run, done, total: report(done, total) if run == 0 else None,
     )
+    result = results[0]
     if result.resumed_from is not None:
         log(f"resumed from Lanczos step {result.resumed_from}")
     if result.stopped_early:
@@ -328,6 +353,9 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
         "batch_norm": hessian["batch_norm"],
         "dtype": hessian["dtype"],
         "data": spec.data,
+        # lanczos.draws_per_job: the draws this job ran side by side with this one (their products
+        # in the same Hessian passes; the last step's state of each left for its own job).
+        "draws_alongside": [other["draw"] for other in alongside],
         "weight_decay": objective["weight_decay"],
         "loss_function": objective["loss"],
         "preprocess": objective["preprocess"],
@@ -357,6 +385,23 @@ def run_lanczos_job(spec: LanczosJobSpec | dict, log=print) -> dict | None:
     artifacts.save_json(outputs["provenance"], provenance)
     _remove_scratch(state_file, vectors_file)  # outputs are in place: the resumable state has served
     return provenance
+
+
+def _check_alongside(spec: LanczosJobSpec) -> list[dict]:
+    """``spec.alongside`` as a list of ``{"draw": int, "state_file": str}``, checked by name."""
+    alongside = list(spec.alongside or [])
+    if alongside and spec.draw == BASIS_DRAW:
+        raise ValueError("Lanczos job spec: the deflation basis run runs alone (alongside must be empty)")
+    seen = {spec.draw}
+    for other in alongside:
+        if not (isinstance(other, dict) and set(other) == {"draw", "state_file"}):
+            raise ValueError(f"Lanczos job spec: each alongside entry is {{'draw', 'state_file'}}; got {other!r}")
+        start_seed(0, 0, other["draw"])  # a non-negative int
+        if other["draw"] in seen or other["state_file"] == spec.state_file:
+            raise ValueError(f"Lanczos job spec: draw {other['draw']} (state {other['state_file']!r}) appears twice "
+                             "among the draws of the job")
+        seen.add(other["draw"])
+    return alongside
 
 
 def vectors_file_beside(state_file: str) -> str:

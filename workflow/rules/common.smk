@@ -46,6 +46,8 @@ LAYOUT = RunLayout.for_run(RUN)
 TRAIN_STEPS = sorted(config["training"]["checkpoint_steps"])
 STEPS = sorted(config["spectrum"]["steps"] if config["spectrum"]["steps"] is not None else TRAIN_STEPS)
 DRAWS = list(range(config["lanczos"]["draws"]))
+# Draws side by side in one job: groups of this many consecutive draws, led by the first.
+DRAWS_PER_JOB = config["lanczos"]["draws_per_job"]
 SAVE_VECTORS = config["lanczos"]["save_vectors"]
 # The curvatures analysed: each operator (hessian.operator) on each block of variables
 # (hessian.blocks, name -> regular expressions); one Lanczos job per step, curvature and draw.
@@ -152,6 +154,25 @@ def deflation_inputs(step="{step}", operator="{operator}", block="{block}"):
     if not DEFLATION_STEPS:
         return {}
     return {f"basis_{name}": path for name, path in basis_files(step, operator, block).items()}
+
+
+def draws_alongside(wildcards):
+    """The draws a Lanczos job computes side by side with its own (lanczos.draws_per_job): the
+    rest of its group when its draw leads one, else none (the deflation basis run: none)."""
+    draw = wildcards.get("draw")
+    if draw is None or int(draw) % DRAWS_PER_JOB:
+        return []
+    return list(range(int(draw) + 1, min(int(draw) + DRAWS_PER_JOB, len(DRAWS))))
+
+
+def group_leader_input(wildcards):
+    """A draw computed alongside its group's first draw waits for that job, whose finished
+    Lanczos state it then reads: its provenance is an input (none for a group's first draw)."""
+    draw = int(wildcards.draw)
+    leader = draw - draw % DRAWS_PER_JOB
+    if leader == draw:
+        return {}
+    return {"group_leader": LAYOUT.provenance(wildcards.step, leader, wildcards.operator, wildcards.block)}
 
 
 def run_provenances(step="{step}", operator="{operator}", block="{block}"):

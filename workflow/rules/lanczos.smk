@@ -2,12 +2,17 @@
 # (Hessian or GGN) on a block of variables: draws run in parallel across devices or
 # nodes. One Lanczos run is never split across jobs (each step needs the last);
 # inside a job, lanczos.strategy spreads its Hessian passes over local devices
-# (mirrored) or worker processes on several hosts (multi_worker).
+# (mirrored) or worker processes on several hosts (multi_worker). With
+# lanczos.draws_per_job = B > 1, the job of each group's first draw runs the group's
+# B draws side by side (B products per Hessian pass) and leaves the others' finished
+# states; their own jobs wait for it and only write their outputs.
 MULTI_WORKER = config["lanczos"]["strategy"] == "multi_worker" and config["lanczos"]["workers"] > 1
 
 
 rule lanczos:
     input:
+        # lanczos.draws_per_job > 1: a draw computed side by side with its group's first waits for it.
+        unpack(group_leader_input),
         **data_files("train"),
         **deflation_inputs(),
         checkpoint=checkpoint_file("{step}"),
@@ -45,6 +50,7 @@ rule lanczos:
         probe=config["lanczos"]["probe"],
         save_every=config["lanczos"]["save_every"],
         vector_store=config["lanczos"]["vector_store"],
+        alongside=draws_alongside,
         seed=config["seed"],
         strategy=config["lanczos"]["strategy"],
         workers=config["lanczos"]["workers"],
