@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Items 1 and 2 of the benchmarks on one GPU, in under 8 minutes once the venvs exist:
 # ResNet-32 (and the demo CNN) against the limit, and hessflow against the PyTorch peers on CUDA;
-# then issue 15's streamed passes by N, the 5M-parameter VGG and the disk vector store (~4 min).
+# then issue 15's streamed passes by N, the 5M-parameter VGG, the disk vector store and several
+# probes per pass (~6 min).
 #
 #   bash benchmarks/gpu.sh            # from the repository root, on a machine with an NVIDIA GPU
 #
@@ -65,6 +66,10 @@ timeout 80 benchmarks/.venv-gpu/bin/python benchmarks/big_model.py --images 1024
     2>&1 | tee "$LOGS/gpu_big_model.log" || true
 timeout 60 benchmarks/.venv-gpu/bin/python benchmarks/vector_store.py --sizes 1e6 1e7 --steps 20 \
     2>&1 | tee "$LOGS/gpu_vector_store.log" || true
+
+echo "== issue 15, item 3: several probes per pass (B products from one primal pass)"
+timeout 120 benchmarks/.venv-gpu/bin/python benchmarks/probes_per_pass.py --cases cnn resnet32 \
+    --probes 2 4 8 --reps 3 --resnet-images 2048 --no-memory 2>&1 | tee "$LOGS/gpu_probes_per_pass.log" || true
 
 cp benchmarks/RESULTS.md "$LOGS/RESULTS.md" 2>/dev/null || true
 echo "total: $(( $(date +%s) - start )) s"
