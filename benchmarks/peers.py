@@ -119,6 +119,8 @@ def main():
     parser.add_argument("--density-draws", type=int, default=2,
                         help="draws timed; the table also projects 10 draws (each draw is an independent run)")
     parser.add_argument("--memory-steps", type=int, default=2)
+    parser.add_argument("--side-by-side", type=int, default=4,
+                        help="B: also time hessflow with B draws side by side (lanczos.draws_per_job), per draw")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--tf-memjob", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,7 +140,7 @@ def main():
     from hessflow import data, models, training
     from hessflow.density import density_from_tridiags, ritz
     from hessflow.hvp import HessianOperator
-    from hessflow.lanczos import lanczos
+    from hessflow.lanczos import lanczos, lanczos_side_by_side
 
     common.OUT_DIR.mkdir(exist_ok=True)
     out = common.OUT_DIR
@@ -149,6 +151,10 @@ def main():
     x, y = tfkit.cifar_like(args.images)
     write_spec(out / "peers_resnet.npz", "resnet_nobn", resnet, x, y, args.batch)
     op = HessianOperator(resnet, data.fixed_batches(x, y, args.batch), tfkit.LOSS, batch_norm="train")
+    # lanczos.draws_per_job = B: B draws' products in every pass (kernels.make_hvp_matmat_sum)
+    op_b = HessianOperator(resnet, data.fixed_batches(x, y, args.batch), tfkit.LOSS, batch_norm="train",
+                           probes_per_pass=args.side_by_side)
+    side_by_side = f"hessflow, {args.side_by_side} draws side by side (per draw)"
     log(f"ResNet without BN: n = {op.dim:,}, N = {len(x)}, batch {args.batch}")
 
     workers = {name: Worker(name, env) for name, env in ALLOCATORS.items()}
@@ -171,6 +177,8 @@ def main():
                                     save=str(out / "peers_hv.npy"))
             hv = np.load(out / "peers_hv.npy")
             agreement[tool] = float(np.linalg.norm(hv - reference) / np.linalg.norm(reference))
+        several = op_b.matmat(np.repeat(v[:, None], args.side_by_side, axis=1))[:, 0]
+        agreement["hessflow_side_by_side"] = float(np.linalg.norm(several - reference) / np.linalg.norm(reference))
         log(f"HVP rel. diff to hessflow: {agreement}")
 
         # interleaved per-step timing
@@ -183,7 +191,11 @@ def main():
         def torch_hvp(worker):
             return lambda: worker.call(cmd="hvp", tool="torch_dbp", vector=str(out / "peers_v.npy"))
 
-        functions = {("hessflow", "–"): tf_step, ("hessflow HVP only", "–"): lambda: op.matvec(v)}
+        def tf_steps_side_by_side():
+            lanczos_side_by_side(op_b, op.dim, args.steps, seeds=[(0, 0, d) for d in range(args.side_by_side)])
+
+        functions = {("hessflow", "–"): tf_step, ("hessflow HVP only", "–"): lambda: op.matvec(v),
+                     (side_by_side, "–"): tf_steps_side_by_side}
         for alloc, w in workers.items():
             for tool in TOOLS:
                 functions[(tool, alloc)] = torch_step(w, tool)
@@ -213,6 +225,9 @@ def main():
         digits_batch = 599  # 3 equal batches of the 1,797 digits: hessian-eigenthings weights batches equally
         write_spec(out / "peers_cnn.npz", "small_cnn", cnn, dx, dy, digits_batch)
         cnn_op = HessianOperator(cnn, data.fixed_batches(dx, dy, digits_batch), tfkit.LOSS)
+        cnn_op_b = HessianOperator(cnn, data.fixed_batches(dx, dy, digits_batch), tfkit.LOSS,
+                                   probes_per_pass=args.density_draws)
+        density_side_by_side = f"hessflow, {args.density_draws} draws side by side"
         cnn64 = models.small_cnn(batch_norm=False, dtype="float64", seed=0)
         cnn64.set_weights([w.astype(np.float64) for w in cnn.get_weights()])
         dx64, _ = tfkit.digits(np.float64)
@@ -237,7 +252,12 @@ def main():
                     for d in range(args.density_draws)]
             density_from_tridiags([r.tridiag for r in runs])
 
-        density_functions = {("hessflow", "–"): tf_density}
+        def tf_density_side_by_side():
+            runs = lanczos_side_by_side(cnn_op_b, cnn_op.dim, args.density_steps,
+                                        seeds=[(0, 0, d) for d in range(args.density_draws)], keep_vectors=False)
+            density_from_tridiags([r.tridiag for r in runs])
+
+        density_functions = {("hessflow", "–"): tf_density, (density_side_by_side, "–"): tf_density_side_by_side}
         for alloc, w in workers.items():
             for tool in TOOLS:
                 density_functions[(tool, alloc)] = (
@@ -248,6 +268,7 @@ def main():
             for tool in TOOLS:
                 w.call(cmd="density", tool=tool, steps=3, draws=1)
         lanczos(cnn_op.matvec, cnn_op.dim, 3, seed=(0, 0, 0))
+        lanczos_side_by_side(cnn_op_b, cnn_op.dim, 3, seeds=[(0, 0, d) for d in range(args.density_draws)])
         density_times = common.interleaved(density_functions, 1, warmup=False, log=log)
 
         start = time.perf_counter()
@@ -267,12 +288,15 @@ def main():
     for (tool, alloc), values in times.items():
         hvp_only = "HVP only" in tool
         per_step = common.median(values) / (1 if hvp_only else args.steps)
+        if tool == side_by_side:
+            per_step /= args.side_by_side
         mem = memory.get((tool, alloc))
         key = "hessflow" if tool.startswith("hessflow") else ("torch_dbp" if tool.startswith("torch") else tool)
+        key = "hessflow_side_by_side" if tool == side_by_side else key
         step_rows.append([
             tool, alloc, per_step, per_step / hf_step, per_step * args.density_steps * 10 / 60
             if not hvp_only else None,
-            0.0 if key == "hessflow" else agreement.get(key),
+            0.0 if key == "hessflow" else agreement.get(key),  # (the side by side row: its own)
             None if mem is None else mem["peak_mib"] - mem["baseline_mib"],
             None if mem is None else mem["peak_mib"],
         ])
@@ -280,16 +304,18 @@ def main():
     density_rows = []
     for (tool, alloc), values in density_times.items():
         total = common.median(values)
-        lam = lambdas[tool] if alloc in ("–", "default") else None
+        lam = lambdas.get(tool) if alloc in ("–", "default") else None
         density_rows.append([
             tool, alloc, total, total * 10 / args.density_draws, total / hf_density,
             None if lam is None else lam["value"],
             None if lam is None else (lam["value"] - lambda_ref) / lambda_ref,
             None if lam is None else lam["hvps"],
-            0.0 if tool == "hessflow" else cnn_agreement[tool],
+            0.0 if tool.startswith("hessflow") else cnn_agreement[tool],
         ])
     step_note = (f"{args.steps}-step runs, medians of {args.reps} interleaved repetitions; *HVP only* rows "
-                 "time one full-data HVP pass (no Lanczos)")
+                 "time one full-data HVP pass (no Lanczos); the *side by side* row runs B draws' Lanczos "
+                 "recurrences together (`lanczos_side_by_side`, `probes_per_pass=B`: B products per pass from one "
+                 "shared forward and first reverse pass), its time per step divided by B")
     body = "\n".join([
         f"Device: {args.device}; {threads} threads for TensorFlow and torch alike; torch {torch_version}. "
         "Loss: mean cross-entropy, weight decay 0 in every tool. `tuned` = the worker ran with "

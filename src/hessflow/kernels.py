@@ -337,9 +337,10 @@ def make_hvp_matmat_sum(
     returns ``(k, n)`` float64, row r the product with row r. One forward and one reverse
     pass (the gradient g, recorded by a persistent tape) are shared by the k products, each
     of which is then one reverse pass through the gradient's graph, ``∇_θ ⟨g, v_r⟩``
-    (reverse-over-reverse). Against k calls of `make_hvp_sum`'s forward-over-reverse this
-    saves k - 1 primal passes: 0.63-0.74x the time per product at k = 4 on this CPU (ResNet-32
-    at a batch of 256, an MLP and a small CNN on the digits). ``pfor`` (`tf.vectorized_map`)
+    (reverse-over-reverse), one after the other. Against k calls of `make_hvp_sum`'s
+    forward-over-reverse this saves k - 1 primal passes: at k = 4 on a 2-core CPU 0.76x the time
+    per product for ResNet-32 at a batch of 256, 0.38x for an MLP (benchmarks/probes_per_pass.py).
+    ``pfor`` (`tf.vectorized_map`)
     over the tangent is no alternative for convolutional networks: it cannot batch a
     ``Conv2D`` whose filter varies, which a tangent of the kernels does. The products agree
     with `make_hvp_sum`'s to rounding (another order of the same sums), not bit for bit.
@@ -361,12 +362,16 @@ def make_hvp_matmat_sum(
                 inner.watch(selected)
                 loss_sum = batch_loss_sum(params, x, y)
             gradient = _dense(inner.gradient(loss_sum, selected, unconnected_gradients=zero))
-        products = [
-            outer.gradient(gradient, selected, output_gradients=unflatten(tangents[r], shapes),
-                           unconnected_gradients=zero)
-            for r in range(count)
-        ]
-        return tf.cast(tf.stack([flatten(_dense(p)) for p in products]), tf.float64)
+        products = []
+        for r in range(count):
+            # One product at a time: left to itself the executor runs the k independent reverse
+            # passes at once, each with its own temporaries (ResNet-32, a batch of 256, k = 8: over
+            # 17 GB here, against a few for one).
+            with tf.control_dependencies(products[-1:]):
+                product = outer.gradient(gradient, selected, output_gradients=unflatten(tangents[r], shapes),
+                                         unconnected_gradients=zero)
+                products.append(flatten(_dense(product)))
+        return tf.cast(tf.stack(products), tf.float64)
 
     return hvp_matmat_sum
 
@@ -410,11 +415,12 @@ def make_ggn_matmat_sum(
             vjp = _dense(tape.gradient(output_tensors, selected, output_gradients=seeds, unconnected_gradients=zero))
         products = []
         for r in range(count):
-            jv = linear.gradient(vjp, seeds, output_gradients=unflatten(tangents[r], shapes),
-                                 unconnected_gradients=zero)
-            hjv = _output_space_hvp(per_example, y, outputs, jv, selected[0].dtype)
-            product = tape.gradient(output_tensors, selected, output_gradients=hjv, unconnected_gradients=zero)
-            products.append(flatten(_dense(product)))
+            with tf.control_dependencies(products[-1:]):  # one at a time, as in make_hvp_matmat_sum
+                jv = linear.gradient(vjp, seeds, output_gradients=unflatten(tangents[r], shapes),
+                                     unconnected_gradients=zero)
+                hjv = _output_space_hvp(per_example, y, outputs, jv, selected[0].dtype)
+                product = tape.gradient(output_tensors, selected, output_gradients=hjv, unconnected_gradients=zero)
+                products.append(flatten(_dense(product)))
         return tf.cast(tf.stack(products), tf.float64)
 
     return ggn_matmat_sum
