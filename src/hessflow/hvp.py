@@ -237,6 +237,27 @@ def _survey_stream(dataset, compute_dtype: tf.DType) -> tuple[tf.data.Dataset, i
     return dataset.map(cast), num_batches, num_examples
 
 
+def _summed_over_batches(kernel, dataset: tf.data.Dataset, num_batches: int, vector_spec: tf.TensorSpec):
+    """``v -> Σ_b kernel(x_b, y_b, v)`` over the batches of ``dataset``, one traced function: a
+    pass on one device. The float64 sum has ``vector_spec``'s shape, added to in batch order."""
+
+    # A loop over an iterator, not `for x, y in dataset` (which becomes a tf.data reduction, whose
+    # function runs the kernels on tf.data's threads: other float32 reduction splits, other bits).
+    @tf.function(input_signature=[vector_spec])
+    def summed(v):
+        total = tf.zeros(vector_spec.shape, tf.float64)
+        batches = iter(dataset)
+        for _ in tf.range(num_batches):
+            # One batch at a time: by default a while loop runs up to 10 iterations at once,
+            # each with its batch's activations (twice the memory, no faster).
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+            x, y = next(batches)
+            total += kernel(x, y, v)
+        return total
+
+    return summed
+
+
 class _CurvatureOperator(LinearOperator):
     """What the Hessian and the Gauss–Newton operator share: inputs, checks, passes, blocks.
 
@@ -393,19 +414,7 @@ class _CurvatureOperator(LinearOperator):
         gradient = kernels.traced_loss_and_gradient_sum(self.model, loss, x_spec, y_spec, **gradient_options)
         dataset, dim, num_batches = self._pipeline, self.dim, self.num_batches
 
-        # A loop over an iterator, not `for x, y in dataset` (which becomes a tf.data reduction, whose
-        # function runs the kernels on tf.data's threads: other float32 reduction splits, other bits).
-        @tf.function(input_signature=[tf.TensorSpec((dim,), self._compute_dtype)])
-        def product_pass(v):
-            total = tf.zeros((dim,), tf.float64)
-            batches = iter(dataset)
-            for _ in tf.range(num_batches):
-                # One batch at a time: by default a while loop runs up to 10 iterations at once,
-                # each with its batch's activations (twice the memory, no faster).
-                tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-                x, y = next(batches)
-                total += product(x, y, v)
-            return total
+        product_pass = _summed_over_batches(product, dataset, num_batches, tf.TensorSpec((dim,), self._compute_dtype))
 
         @tf.function(input_signature=[])
         def gradient_pass():
@@ -443,17 +452,8 @@ class _CurvatureOperator(LinearOperator):
                               for spec in self._pipeline.element_spec)
             kernel = kernels.traced_matmat_sum(type(self)._make_matmat, self.model, self._loss, x_spec, y_spec,
                                                count, **options)
-            dataset, dim, num_batches = self._pipeline, self.dim, self.num_batches
-
-            @tf.function(input_signature=[tf.TensorSpec((count, dim), self._compute_dtype)])
-            def function(tangents):
-                total = tf.zeros((count, dim), tf.float64)
-                batches = iter(dataset)
-                for _ in tf.range(num_batches):
-                    tf.autograph.experimental.set_loop_options(parallel_iterations=1)
-                    x, y = next(batches)
-                    total += kernel(x, y, tangents)
-                return total
+            function = _summed_over_batches(kernel, self._pipeline, self.num_batches,
+                                            tf.TensorSpec((count, self.dim), self._compute_dtype))
 
         self._matmat_fns[count] = function
         return function
