@@ -147,6 +147,19 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Set this process's peak RSS (VmHWM) to its current RSS; False where the kernel cannot.
+
+    Writing 5 to /proc/self/clear_refs (Linux >= 4.0) does it, so that a later `peak_rss_mib` is
+    the peak of what ran since: a steady-state pass without its first call's tracing.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def current_rss_mib() -> float:
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
