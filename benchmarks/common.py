@@ -168,9 +168,13 @@ def current_rss_mib() -> float:
         return float("nan")
 
 
-def run_child(argv: list[str], env: dict | None = None, timeout: float = 1800) -> dict:
-    """Run a child process that prints one JSON object on its last stdout line; return it."""
-    full_env = dict(os.environ)
+def run_child(argv: list[str], env: dict | None = None, timeout: float = 1800, unset: tuple[str, ...] = ()) -> dict:
+    """Run a child process that prints one JSON object on its last stdout line; return it.
+
+    Its environment is this one's, less the variables whose names start with one of ``unset``,
+    plus ``env``.
+    """
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(unset)} if unset else dict(os.environ)
     if env:
         full_env.update(env)
     proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout)

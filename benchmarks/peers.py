@@ -21,7 +21,11 @@ Same architecture (ported, weights transferred), same data and batches, same los
 cross-entropy; weight decay 0 everywhere: curvlinops' loss cannot see the parameters, and weight
 decay only adds a constant wd·I on the kernels, which every tool would add outside the HVP).
 
-Usage: .venv/bin/python benchmarks/peers.py [--quick] [--device cpu|cuda]
+``--hessflow-allocator tuned`` runs hessflow's own process (this one, which re-executes itself so that
+glibc reads the settings at start-up) under the peers' tuned settings too; the workers' settings
+stay their own.
+
+Usage: .venv/bin/python benchmarks/peers.py [--quick] [--device cpu|cuda] [--hessflow-allocator default|tuned]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ TOOLS = ["pyhessian", "curvlinops", "eigenthings"]
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184",
                 "MALLOC_TOP_PAD_": "268435456"}
 ALLOCATORS = {"default": {}, "tuned": TUNED_MALLOC}
+REEXEC = "HESSFLOW_PEERS_ALLOCATOR"  # set once this process runs under --hessflow-allocator
 
 
 def log(message):
@@ -51,7 +56,7 @@ class Worker:
     """A torch_side.py worker in the peers' venv, spoken to in JSON lines."""
 
     def __init__(self, name, env):
-        full_env = dict(os.environ)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # not hessflow's
         full_env.update(env)
         self.name = name
         self.proc = subprocess.Popen([str(common.PEERS_PYTHON), str(common.BENCH_DIR / "torch_side.py"), "worker"],
@@ -122,11 +127,18 @@ def main():
     parser.add_argument("--side-by-side", type=int, default=4,
                         help="B: also time hessflow with B draws side by side (lanczos.draws_per_job), per draw")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--hessflow-allocator", choices=sorted(ALLOCATORS), default="default",
+                        help="glibc settings of hessflow's own process (the peers run under both either way)")
     parser.add_argument("--tf-memjob", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tf_memjob:
         tf_memjob(args.tf_memjob[0], int(args.tf_memjob[1]))
         return
+    if os.environ.get(REEXEC) != args.hessflow_allocator:
+        # glibc reads MALLOC_* once, at start-up: run this script again under the chosen settings.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        env.update(ALLOCATORS[args.hessflow_allocator], **{REEXEC: args.hessflow_allocator})
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     if args.quick:
         args.images, args.batch, args.reps, args.density_steps, args.density_draws = 200, 100, 2, 30, 2
 
@@ -145,6 +157,7 @@ def main():
     common.OUT_DIR.mkdir(exist_ok=True)
     out = common.OUT_DIR
     threads = os.cpu_count()
+    hf_alloc = args.hessflow_allocator  # the allocator column of hessflow's rows
 
     # ---------------- problem 1: ResNet without batch norm, generated CIFAR-sized data ---------
     resnet = tfkit.resnet_nobn(seed=0)
@@ -194,8 +207,8 @@ def main():
         def tf_steps_side_by_side():
             lanczos_side_by_side(op_b, op.dim, args.steps, seeds=[(0, 0, d) for d in range(args.side_by_side)])
 
-        functions = {("hessflow", "–"): tf_step, ("hessflow HVP only", "–"): lambda: op.matvec(v),
-                     (side_by_side, "–"): tf_steps_side_by_side}
+        functions = {("hessflow", hf_alloc): tf_step, ("hessflow HVP only", hf_alloc): lambda: op.matvec(v),
+                     (side_by_side, hf_alloc): tf_steps_side_by_side}
         for alloc, w in workers.items():
             for tool in TOOLS:
                 functions[(tool, alloc)] = torch_step(w, tool)
@@ -207,13 +220,13 @@ def main():
         memory = {}
         if not args.skip_memory:
             spec = str(out / "peers_resnet.npz")
-            memory[("hessflow", "–")] = common.run_child(
+            memory[("hessflow", hf_alloc)] = common.run_child(
                 [sys.executable, __file__, "--tf-memjob", spec, str(args.memory_steps)])
             for alloc, env in ALLOCATORS.items():
                 for tool in TOOLS:
                     memory[(tool, alloc)] = common.run_child(
                         [str(common.PEERS_PYTHON), str(common.BENCH_DIR / "torch_side.py"), "memjob", spec, tool,
-                         str(args.memory_steps), args.device], env=env)
+                         str(args.memory_steps), args.device], env=env, unset=("MALLOC_",))
             log(f"memory: {memory}")
 
         # ---------------- problem 2: small CNN on digits, whole densities, lambda_max ----------
@@ -257,7 +270,8 @@ def main():
                                         seeds=[(0, 0, d) for d in range(args.density_draws)], keep_vectors=False)
             density_from_tridiags([r.tridiag for r in runs])
 
-        density_functions = {("hessflow", "–"): tf_density, (density_side_by_side, "–"): tf_density_side_by_side}
+        density_functions = {("hessflow", hf_alloc): tf_density,
+                             (density_side_by_side, hf_alloc): tf_density_side_by_side}
         for alloc, w in workers.items():
             for tool in TOOLS:
                 density_functions[(tool, alloc)] = (
@@ -283,7 +297,7 @@ def main():
             w.close()
 
     # ---------------- tables ----------------
-    hf_step = common.median(times[("hessflow", "–")]) / args.steps
+    hf_step = common.median(times[("hessflow", hf_alloc)]) / args.steps
     step_rows = []
     for (tool, alloc), values in times.items():
         hvp_only = "HVP only" in tool
@@ -300,11 +314,11 @@ def main():
             None if mem is None else mem["peak_mib"] - mem["baseline_mib"],
             None if mem is None else mem["peak_mib"],
         ])
-    hf_density = common.median(density_times[("hessflow", "–")])
+    hf_density = common.median(density_times[("hessflow", hf_alloc)])
     density_rows = []
     for (tool, alloc), values in density_times.items():
         total = common.median(values)
-        lam = lambdas.get(tool) if alloc in ("–", "default") else None
+        lam = lambdas.get(tool) if tool.startswith("hessflow") or alloc == "default" else None
         density_rows.append([
             tool, alloc, total, total * 10 / args.density_draws, total / hf_density,
             None if lam is None else lam["value"],
