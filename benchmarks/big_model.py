@@ -10,7 +10,8 @@ the cost grows with n at a fixed N. Each row runs in a fresh process:
   ``matvec``; medians of ``--reps`` after one untimed warm-up each): the HVP / gradient ratio;
 - a Lanczos run of ``--steps`` steps through `hessflow.lanczos.lanczos` (vectors kept): seconds per
   step;
-- the peak RSS (VmHWM) against the floor: the parameters, one batch's activations (every layer's
+- the peak RSS (VmHWM) against the floor, with tracing and steady (the peak reset after each kind of
+  pass's first call, `common.reset_peak_rss`): the parameters, one batch's activations (every layer's
   output, as a forward pass keeps them) twice (primal and tangent), the batch's input, and the
   Lanczos vectors kept (n x m float64); "above baseline" is the peak minus the RSS with TensorFlow
   imported, the model built and the data in memory, the ratio is that over the floor; and the

@@ -168,16 +168,19 @@ def current_rss_mib() -> float:
         return float("nan")
 
 
+def child_environment(env: dict | None = None, unset: tuple[str, ...] = ()) -> dict:
+    """This process's environment less the variables whose names start with one of ``unset``, plus ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if not (unset and k.startswith(unset))}
+    full_env.update(env or {})
+    return full_env
+
+
 def run_child(argv: list[str], env: dict | None = None, timeout: float = 1800, unset: tuple[str, ...] = ()) -> dict:
     """Run a child process that prints one JSON object on its last stdout line; return it.
 
-    Its environment is this one's, less the variables whose names start with one of ``unset``,
-    plus ``env``.
+    Its environment: `child_environment` (``env``, ``unset``).
     """
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(unset)} if unset else dict(os.environ)
-    if env:
-        full_env.update(env)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=child_environment(env, unset), timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {argv} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

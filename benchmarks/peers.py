@@ -56,8 +56,7 @@ class Worker:
     """A torch_side.py worker in the peers' venv, spoken to in JSON lines."""
 
     def __init__(self, name, env):
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # not hessflow's
-        full_env.update(env)
+        full_env = common.child_environment(env, unset=("MALLOC_",))  # its own settings, not hessflow's
         self.name = name
         self.proc = subprocess.Popen([str(common.PEERS_PYTHON), str(common.BENCH_DIR / "torch_side.py"), "worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True,
@@ -136,8 +135,8 @@ def main():
         return
     if os.environ.get(REEXEC) != args.hessflow_allocator:
         # glibc reads MALLOC_* once, at start-up: run this script again under the chosen settings.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        env.update(ALLOCATORS[args.hessflow_allocator], **{REEXEC: args.hessflow_allocator})
+        env = common.child_environment({**ALLOCATORS[args.hessflow_allocator], REEXEC: args.hessflow_allocator},
+                                       unset=("MALLOC_",))
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     if args.quick:
         args.images, args.batch, args.reps, args.density_steps, args.density_draws = 200, 100, 2, 30, 2
