@@ -72,3 +72,8 @@ def test_gpu_script_command_lines_are_accepted_by_the_scripts_they_call():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[:-1] == [f"parsed {script}" for script, _ in calls]
+
+
+def test_gpu_script_is_valid_bash():
+    result = subprocess.run(["bash", "-n", str(GPU_SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
