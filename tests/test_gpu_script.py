@@ -71,7 +71,7 @@ def test_gpu_script_command_lines_are_accepted_by_the_scripts_they_call():
         text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n")[:-1] == [f"parsed {script}" for script, _ in calls]
+    assert result.stdout.splitlines() == [f"parsed {script}" for script, _ in calls]
 
 
 def test_gpu_script_is_valid_bash():
